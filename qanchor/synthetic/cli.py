@@ -1,0 +1,50 @@
+"""`qanchor data generate` and `qanchor data rates`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from qanchor.synthetic.generator import DEFAULT_AS_OF, GeneratorConfig, generate as generate_dataset
+from qanchor.synthetic.tasks import TASKS
+
+
+@click.command("generate")
+@click.option("--users", type=click.IntRange(min=1), required=True, help="Number of users to generate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed; the same seed gives the same data.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d"]), default=DEFAULT_AS_OF.strftime("%Y-%m-%d"),
+              show_default=True, help="End of the observation window (UTC); the future window starts here.")
+@click.option("--chunk-users", type=click.IntRange(min=1), default=5_000, show_default=True,
+              help="Users generated and written per chunk; bounds memory.")
+@click.option("--uqa-per-user", type=click.IntRange(1, 13), default=3, show_default=True,
+              help="Grounded questions per user in D_uqa.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds data.")
+def generate(users: int, seed: int, out: Path, as_of: datetime, chunk_users: int, uqa_per_user: int,
+             overwrite: bool) -> None:
+    """Generate a synthetic UserU dataset: events, profiles, D_future, D_uqa and task labels."""
+    config = GeneratorConfig(users=users, seed=seed, as_of=as_of.replace(tzinfo=timezone.utc),
+                             chunk_users=chunk_users, uqa_per_user=uqa_per_user)
+    try:
+        manifest = generate_dataset(config, out, overwrite=overwrite)
+    except FileExistsError as err:
+        raise click.UsageError(str(err)) from None
+    rows = manifest["rows"]
+    click.echo(f"wrote {rows['users']} users, {rows['events']} events, {rows['d_future']} D_future and "
+               f"{rows['d_uqa']} D_uqa rows to {out}")
+
+
+@click.command("rates")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def rates(dataset: Path) -> None:
+    """Print the downstream tasks with their definitions and observed positive rates."""
+    manifest_path = dataset / "manifest.json"
+    if not manifest_path.is_file():
+        raise click.UsageError(f"{dataset} has no manifest.json; is it a `qanchor data generate` output?")
+    observed = json.loads(manifest_path.read_text())["positive_rates"]
+    click.echo(f"{'task':<24} {'group':<11} {'target':>7} {'observed':>9}  definition")
+    for task in TASKS:
+        click.echo(f"{task.name:<24} {task.group:<11} {task.target_rate:>7.1%} {observed[task.name]:>9.1%}  {task.definition}")

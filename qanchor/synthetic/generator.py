@@ -1,0 +1,174 @@
+"""The synthetic UserU generator: streams users in chunks to parquet so memory stays bounded.
+
+Output layout (each table is a directory of `part-NNNNN.parquet` files, one per chunk):
+
+    events/         observed 90 days, the bring-your-own-data event schema (+ generator-only `category`)
+    profiles/       the tabular modality, one row per user
+    future_events/  the 30 days after `as_of` (labels are read from here)
+    labels/         the 10 downstream tasks, one row per user
+    d_future/       (user, query_time, query, answer) next-window summaries
+    d_uqa/          (user, query_time, topic, question, answer) grounded Q&A
+    splits/         user -> train | val | test
+    manifest.json   config, row counts, observed positive rates, task definitions
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from qanchor.synthetic.events import generate_window
+from qanchor.synthetic.future_summary import summarise_future
+from qanchor.synthetic.population import sample_ages, sample_profiles, sample_traits
+from qanchor.synthetic.tasks import TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
+from qanchor.synthetic.uqa import sample_questions, user_facts
+
+DEFAULT_AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("modality", pa.string()),
+        ("text", pa.string()),
+        ("amount", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("dwell_s", pa.float64()),
+        ("category", pa.string()),
+    ]
+)
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    users: int
+    seed: int = 0
+    as_of: datetime = DEFAULT_AS_OF
+    window_days: int = 90
+    future_days: int = 30
+    chunk_users: int = 5_000
+    uqa_per_user: int = 3
+
+    def __post_init__(self) -> None:
+        if self.users <= 0:
+            raise ValueError(f"users must be positive, got {self.users}")
+        if self.chunk_users <= 0:
+            raise ValueError(f"chunk_users must be positive, got {self.chunk_users}")
+        if not 1 <= self.uqa_per_user <= 13:
+            raise ValueError(f"uqa_per_user must be in [1, 13], got {self.uqa_per_user}")
+        if self.window_days <= 0 or self.future_days <= 0:
+            raise ValueError("window_days and future_days must be positive")
+        if self.as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware (UTC)")
+
+
+@dataclass
+class ChunkTables:
+    events: pd.DataFrame
+    profiles: pd.DataFrame
+    future_events: pd.DataFrame
+    labels: pd.DataFrame
+    d_future: pd.DataFrame
+    d_uqa: pd.DataFrame
+    splits: pd.DataFrame
+
+
+def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n_users: int) -> ChunkTables:
+    """All tables for users [first_user, first_user + n_users); deterministic in (seed, chunk_index)."""
+    rng = np.random.default_rng([config.seed, chunk_index])
+    as_of = pd.Timestamp(config.as_of)
+    user_ids = np.array([f"u{i:09d}" for i in range(first_user, first_user + n_users)], dtype=object)
+    ages = sample_ages(rng, n_users)
+    traits = sample_traits(rng, ages)
+    profiles = sample_profiles(rng, user_ids, ages, traits)
+    events = generate_window(rng, user_ids, traits, as_of - pd.Timedelta(days=config.window_days), config.window_days)
+
+    # The future drifts a little from the past; fading users (trend < 0) keep fading.
+    future_traits = traits + 0.25 * rng.standard_normal(traits.shape)
+    volume = np.exp(0.4 * traits[:, -1])
+    future = generate_window(rng, user_ids, future_traits, as_of, config.future_days, volume)
+    positives = draw_positives(rng, future_traits)
+    future = pd.concat([future, marker_events(rng, user_ids, positives, as_of, config.future_days)], ignore_index=True)
+    future = future.sort_values(["user_id", "event_time"], kind="stable", ignore_index=True)
+
+    labels = label_from_future(user_ids, future)
+    labels.insert(1, "label_time", as_of)
+    d_future = summarise_future(pd.Series(user_ids), future, as_of)
+    d_uqa = sample_questions(rng, user_facts(events, profiles), config.uqa_per_user, as_of)
+    split = np.asarray(SPLITS)[np.searchsorted(np.cumsum(SPLIT_FRACTIONS), rng.random(n_users), side="right").clip(0, 2)]
+    profiles.insert(1, "updated_at", as_of)
+    return ChunkTables(
+        events=events[EVENT_SCHEMA.names],
+        profiles=profiles,
+        future_events=future[EVENT_SCHEMA.names],
+        labels=labels,
+        d_future=d_future,
+        d_uqa=d_uqa,
+        splits=pd.DataFrame({"user_id": user_ids, "split": split}),
+    )
+
+
+def _write(table_dir: Path, chunk_index: int, frame: pd.DataFrame, schema: pa.Schema | None = None) -> None:
+    table_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    pq.write_table(table, table_dir / f"part-{chunk_index:05d}.parquet", compression="zstd")
+
+
+def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progress: bool = True) -> dict:
+    """Generate the dataset into `out` atomically (built in a sibling temp dir, then renamed)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    counts = {"events": 0, "future_events": 0, "d_future": 0, "d_uqa": 0}
+    positives = np.zeros(len(TASKS), dtype=np.int64)
+    try:
+        with tqdm(total=config.users, unit="user", desc="generate", disable=not progress) as bar:
+            for chunk_index, first in enumerate(range(0, config.users, config.chunk_users)):
+                n = min(config.chunk_users, config.users - first)
+                tables = generate_chunk(config, chunk_index, first, n)
+                _write(staging / "events", chunk_index, tables.events, EVENT_SCHEMA)
+                _write(staging / "future_events", chunk_index, tables.future_events, EVENT_SCHEMA)
+                for name in ("profiles", "labels", "d_future", "d_uqa", "splits"):
+                    _write(staging / name, chunk_index, getattr(tables, name))
+                for name in counts:
+                    counts[name] += len(getattr(tables, name))
+                positives += tables.labels[list(TASK_NAMES)].sum().to_numpy()
+                bar.update(n)
+        manifest = {
+            "generator": "qanchor.synthetic",
+            "config": {**asdict(config), "as_of": config.as_of.isoformat()},
+            "rows": {"users": config.users, **counts},
+            "positive_rates": {name: float(p) / config.users for name, p in zip(TASK_NAMES, positives)},
+            "tasks": [
+                {"name": t.name, "group": t.group, "definition": t.definition, "target_rate": t.target_rate,
+                 "marker_modality": t.marker_modality, "marker_text": t.marker_text, "evidence": t.evidence}
+                for t in TASKS
+            ],
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_table(dataset: Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read one generated table (all its parts) into memory; for tests and small datasets."""
+    return pd.read_parquet(Path(dataset) / name, columns=columns)
