@@ -1,0 +1,19 @@
+"""Feast definitions of the Q-Anchor feature repository (read by `feast apply`).
+
+The objects are derived from the modality spec that the feature data was imported with
+(`qanchor.json` -> data dir -> manifest.json), so a team with its own modalities gets its own
+views without editing this file:
+
+- `user`: the entity every view is keyed by (join key `user_id`).
+- `<modality>_events`: one view per event modality; the user's last-window sequence as list
+  features (`texts`, `event_times`, one list per numeric field) and `n_events`.
+- `profile`: the tabular modality, one scalar feature per profile field.
+- `userU`: the feature service naming every feature the encoder reads.
+"""
+
+from pathlib import Path
+
+from feature_repo.objects import RepoSettings, build_definitions
+
+# Module-level names are what Feast's repo parser registers, hence the globals() update.
+globals().update(build_definitions(RepoSettings.load(Path(__file__).resolve().parent)))

@@ -1,0 +1,273 @@
+"""`qanchor data import`: validate raw event/profile tables and turn them into Feast sources.
+
+Input (the bring-your-own-data schema, see docs/data.md): a long event table
+(user_id, event_time, modality, text, <numeric fields>) and a profile table (user_id,
+[updated_at], <profile fields>), each a parquet file or a directory of them.
+
+Output: one parquet source per modality holding, for every user and snapshot time `s`, the
+user's last `max_events` events with `s - window_days <= event_time < s` as list columns,
+plus the profile source and a manifest. Several snapshots make point-in-time joins
+meaningful: a training row stamped `t` gets the latest snapshot `s <= t`, never later events.
+
+Memory stays bounded: events are validated batch by batch and hash-partitioned by user into
+buckets on disk, then each bucket is turned into snapshots on its own. Nothing is written to
+`out` unless every batch passes validation; the result is swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from feature_repo.objects import DATA_MANIFEST, PROFILE_VIEW
+from monitoring.validation import (
+    DataValidationError,
+    ValidationReport,
+    event_expectations,
+    profile_expectations,
+    validate_frame,
+)
+from qanchor.modality_spec import EventModality, ModalitySpec
+
+
+class InputDataError(ValueError):
+    """The input cannot even be read as the documented schema (missing path, not parquet)."""
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    events: Path
+    profiles: Path
+    out: Path
+    spec: ModalitySpec
+    as_of: datetime
+    snapshots: int = 2
+    snapshot_every_days: int = 30
+    batch_rows: int = 1_000_000
+    rows_per_bucket: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.as_of.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
+        if self.snapshots < 1 or self.snapshot_every_days < 1:
+            raise ValueError("snapshots and snapshot_every_days must be >= 1")
+        if self.spec.profile is None:
+            raise ValueError("the modality spec needs a profile modality to import a profile table")
+
+    @property
+    def snapshot_times(self) -> list[pd.Timestamp]:
+        """Oldest first; the newest is `as_of`."""
+        end = pd.Timestamp(self.as_of).tz_convert("UTC")
+        return [end - pd.Timedelta(days=k * self.snapshot_every_days) for k in reversed(range(self.snapshots))]
+
+    @property
+    def window_start(self) -> pd.Timestamp:
+        """Earliest event any snapshot can use; older events are out of the window and rejected."""
+        return self.snapshot_times[0] - pd.Timedelta(days=self.spec.window_days)
+
+
+@dataclass
+class ImportSummary:
+    out: Path
+    users: int
+    events: int
+    rows_per_view: dict[str, int]
+    feature_version: str
+    reports: list[ValidationReport] = field(default_factory=list)
+
+
+def _dataset(path: Path, what: str) -> ds.Dataset:
+    if not Path(path).exists():
+        raise InputDataError(f"{what} path {path} does not exist")
+    try:
+        return ds.dataset(str(path), format="parquet")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputDataError(f"{what} at {path} is not readable parquet: {err}") from None
+
+
+def _normalise_times(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Naive timestamps are taken as UTC; aware ones are converted to UTC. Others stay for GE to flag."""
+    if column in frame and pd.api.types.is_datetime64_any_dtype(frame[column]):
+        values = frame[column]
+        frame[column] = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    return frame
+
+
+def _bucket_of(user_ids: pd.Series, buckets: int) -> np.ndarray:
+    return (pd.util.hash_array(user_ids.astype(str).to_numpy(dtype=object)) % np.uint64(buckets)).astype(np.int64)
+
+
+def _feature_version(config: ImportConfig, inputs: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(config.spec.model_dump_json().encode())
+    h.update(json.dumps([t.isoformat() for t in config.snapshot_times]).encode())
+    for path in sorted(inputs):
+        p = Path(path)
+        h.update(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode())
+    return "fv-" + h.hexdigest()[:12]
+
+
+def _validate_profiles(config: ImportConfig) -> tuple[pd.DataFrame, ValidationReport]:
+    dataset = _dataset(config.profiles, "profiles")
+    frame = _normalise_times(dataset.to_table().to_pandas(), "updated_at")
+    report = validate_frame(frame, profile_expectations(config.spec, frame), "profiles")
+    return frame, report
+
+
+def _stage_event_buckets(config: ImportConfig, staging: Path, progress: bool) -> tuple[ValidationReport, int, int, list[str]]:
+    """Validate every batch; while all pass, spill rows into per-bucket parquet files."""
+    dataset = _dataset(config.events, "events")
+    total = dataset.count_rows()
+    buckets = max(1, math.ceil(total / config.rows_per_bucket))
+    report = ValidationReport(table="events")
+    frames = (b.to_pandas() for b in dataset.to_batches(batch_size=config.batch_rows)) if total \
+        else iter([dataset.schema.empty_table().to_pandas()])
+    with tqdm(total=total, unit="row", desc="validate events", disable=not progress) as bar:
+        for index, frame in enumerate(frames):
+            frame = _normalise_times(frame, "event_time")
+            batch_report = validate_frame(
+                frame, event_expectations(config.spec, frame, config.window_start, config.as_of), "events")
+            report.merge(batch_report)
+            if report.success:
+                keep = ["user_id", "event_time", "modality", "text", *config.spec.numeric_columns]
+                frame = frame[[c for c in keep if c in frame.columns]]
+                for b, part in frame.groupby(_bucket_of(frame["user_id"], buckets)):
+                    target = staging / "buckets" / f"b{b:05d}"
+                    target.mkdir(parents=True, exist_ok=True)
+                    part.to_parquet(target / f"part-{index:05d}.parquet", index=False)
+            bar.update(len(frame))
+    return report, total, buckets, list(dataset.files)
+
+
+def _list_array(values: pd.Series | np.ndarray, counts: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(values), type=value_type))
+
+
+def _snapshot_schema(modality: EventModality) -> pa.Schema:
+    fields = [("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+              ("created_timestamp", pa.timestamp("us", tz="UTC")),
+              ("texts", pa.list_(pa.string())), ("event_times", pa.list_(pa.int64()))]
+    fields += [(name, pa.list_(pa.float64())) for name in modality.numeric_names]
+    fields += [("n_events", pa.int64())]
+    return pa.schema(fields)
+
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModality,
+                    snapshot: pd.Timestamp, created: pd.Timestamp) -> pa.Table:
+    """One row per user in `users` (sorted): the last `max_events` events before `snapshot`."""
+    window = events[(events["modality"] == modality.name)
+                    & (events["event_time"] < snapshot)
+                    & (events["event_time"] >= snapshot - pd.Timedelta(days=modality.window_days))]
+    window = window.sort_values(["user_id", "event_time"], kind="stable")
+    window = window[window.groupby("user_id").cumcount(ascending=False) < modality.max_events]
+    codes = np.searchsorted(users, window["user_id"].to_numpy())
+    counts = np.bincount(codes, minlength=len(users))
+    seconds = ((window["event_time"] - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    columns = {
+        "user_id": pa.array(users, type=pa.string()),
+        "event_timestamp": pa.array(np.full(len(users), snapshot.value // 1000), type=pa.timestamp("us", tz="UTC")),
+        "created_timestamp": pa.array(np.full(len(users), created.value // 1000), type=pa.timestamp("us", tz="UTC")),
+        "texts": _list_array(window["text"].to_numpy(dtype=object), counts, pa.string()),
+        "event_times": _list_array(seconds.astype(np.int64), counts, pa.int64()),
+    }
+    for name in modality.numeric_names:
+        columns[name] = _list_array(window[name].to_numpy(dtype=np.float64), counts, pa.float64())
+    columns["n_events"] = pa.array(counts.astype(np.int64))
+    return pa.table(columns, schema=_snapshot_schema(modality))
+
+
+def _profile_table(profiles: pd.DataFrame, config: ImportConfig, created: pd.Timestamp) -> pa.Table:
+    frame = profiles[["user_id", *[f.name for f in config.spec.profile.fields]]].copy()
+    stamp = profiles["updated_at"] if "updated_at" in profiles else pd.Timestamp(config.as_of)
+    frame.insert(1, "event_timestamp", stamp)
+    frame.insert(2, "created_timestamp", created)
+    for f in config.spec.profile.fields:
+        frame[f.name] = frame[f.name].astype({"int": "int64", "float": "float64", "category": "str"}[f.type])
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = True) -> ImportSummary:
+    """Validate, convert and atomically publish feature sources to `config.out`."""
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    profiles, profile_report = _validate_profiles(config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        event_report, total, buckets, files = _stage_event_buckets(config, staging, progress)
+        reports = [event_report, profile_report]
+        if not all(r.success for r in reports):
+            raise DataValidationError(reports)
+        created = pd.Timestamp.now(tz="UTC")
+        rows: dict[str, int] = {}
+        profile_buckets = _bucket_of(profiles["user_id"], buckets)
+        for b in tqdm(range(buckets), desc="build snapshots", unit="bucket", disable=not progress):
+            bucket_dir = staging / "buckets" / f"b{b:05d}"
+            events = pd.read_parquet(bucket_dir) if bucket_dir.exists() else pd.DataFrame(
+                columns=["user_id", "event_time", "modality", "text", *config.spec.numeric_columns])
+            events = _normalise_times(events, "event_time")
+            users = np.union1d(profiles.loc[profile_buckets == b, "user_id"].astype(str).to_numpy(),
+                               events["user_id"].astype(str).unique()).astype(object)
+            for modality in config.spec.event_modalities:
+                tables = [build_snapshots(events, users, modality, s, created) for s in config.snapshot_times]
+                table = pa.concat_tables(tables)
+                target = staging / "features" / modality.name
+                target.mkdir(parents=True, exist_ok=True)
+                pq.write_table(table, target / f"part-{b:05d}.parquet", compression="zstd")
+                rows[modality.name] = rows.get(modality.name, 0) + table.num_rows
+            shutil.rmtree(bucket_dir, ignore_errors=True)
+        (staging / "features" / PROFILE_VIEW).mkdir(parents=True)
+        pq.write_table(_profile_table(profiles, config, created), staging / "features" / PROFILE_VIEW / "part-00000.parquet")
+        rows[PROFILE_VIEW] = len(profiles)
+        version = _feature_version(config, files + list(_dataset(config.profiles, "profiles").files))
+        manifest = {
+            "spec": json.loads(config.spec.model_dump_json()),
+            "as_of": pd.Timestamp(config.as_of).isoformat(),
+            "snapshot_days": [config.snapshot_every_days * k for k in reversed(range(config.snapshots))],
+            "snapshot_times": [t.isoformat() for t in config.snapshot_times],
+            "feature_version": version,
+            "created": created.isoformat(),
+            "rows": rows,
+            "events": total,
+            "users": int(profiles["user_id"].nunique()),
+            "validation": [r.to_dict() for r in reports],
+        }
+        (staging / "features" / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap_in(staging / "features", out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ImportSummary(out=out, users=manifest["users"], events=total, rows_per_view=rows,
+                         feature_version=version, reports=reports)
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace `out` with `new` so readers see either the old or the new sources, never a mix."""
+    old = out.with_name(f".{out.name}.old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def default_as_of() -> datetime:
+    """Start of the current UTC day: events up to yesterday midnight are complete."""
+    return datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)

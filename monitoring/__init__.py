@@ -1,0 +1,1 @@
+"""Data quality and drift: Great Expectations suites, drift statistics, reports, metrics."""

@@ -1,0 +1,212 @@
+"""Great Expectations suites that guard every table before it enters the feature store.
+
+Suites are derived from the modality spec: schema and types, nulls, value ranges per modality
+(numeric fields only where the modality declares them), timestamps inside the window, text
+lengths, known modalities, unique profile rows. A batch that fails any expectation is reported
+with each failed expectation and its offending row count; callers write nothing in that case.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pandas as pd
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage telemetry: no network at run time
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+from qanchor.modality_spec import ModalitySpec  # noqa: E402
+
+E = gx.expectations
+STRING_TYPES = ["str"]
+NUMBER_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "Float64", "Int64", "Int32"]
+#: GE's pandas type check does not understand tz-aware dtypes, so timestamps are validated as
+#: naive UTC (see `_naive_utc`).
+TIMESTAMP_TYPES = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    expectation: str
+    column: str | None
+    unexpected_count: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"({self.column})" if self.column else ""
+        rows = f": {self.unexpected_count} offending rows" if self.unexpected_count is not None else ""
+        return f"{self.expectation}{where}{rows}" + (f" [{self.detail}]" if self.detail else "")
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of validating one table (possibly over several batches)."""
+
+    table: str
+    rows: int = 0
+    evaluated: int = 0
+    failures: list[FailedExpectation] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return not self.failures
+
+    def merge(self, other: ValidationReport) -> None:
+        """Fold another batch of the same table in, summing offending rows per expectation."""
+        self.rows += other.rows
+        self.evaluated = max(self.evaluated, other.evaluated)
+        index = {(f.expectation, f.column, f.detail): i for i, f in enumerate(self.failures)}
+        for f in other.failures:
+            key = (f.expectation, f.column, f.detail)
+            if key in index:
+                old = self.failures[index[key]]
+                count = None if old.unexpected_count is None else old.unexpected_count + (f.unexpected_count or 0)
+                self.failures[index[key]] = FailedExpectation(old.expectation, old.column, count, old.detail)
+            else:
+                index[key] = len(self.failures)
+                self.failures.append(f)
+
+    def to_dict(self) -> dict:
+        return {"table": self.table, "rows": self.rows, "expectations": self.evaluated,
+                "success": self.success, "failures": [asdict(f) for f in self.failures]}
+
+    def summary(self) -> str:
+        head = f"{self.table}: {self.rows} rows, {self.evaluated} expectations, "
+        if self.success:
+            return head + "all passed"
+        return head + f"{len(self.failures)} failed\n" + "\n".join(f"  - {f}" for f in self.failures)
+
+
+class DataValidationError(ValueError):
+    """Raised when input data fails validation; carries the reports, nothing has been written."""
+
+    def __init__(self, reports: list[ValidationReport]):
+        self.reports = reports
+        failed = [r for r in reports if not r.success]
+        super().__init__("input data failed validation; nothing was written\n" + "\n".join(r.summary() for r in failed))
+
+
+def _context() -> gx.data_context.AbstractDataContext:
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def _kind(series: pd.Series) -> str:
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return "timestamp"
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return "number"
+    return "other"
+
+
+def _naive(moment: datetime) -> pd.Timestamp:
+    ts = pd.Timestamp(moment)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+
+
+def _naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """A shallow copy with tz-aware timestamp columns as naive UTC, the form GE can type-check."""
+    aware = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    if not aware:
+        return frame
+    frame = frame.copy(deep=False)
+    for c in aware:
+        frame[c] = frame[c].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window_start: datetime,
+                       window_end: datetime) -> list:
+    """Expectations for a long event table (user_id, event_time, modality, text, numeric fields)."""
+    cols = set(frame.columns)
+    modalities = [m.name for m in spec.event_modalities]
+    exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
+    required = ["user_id", "event_time", "modality", "text"]
+    exps += [E.ExpectColumnToExist(column=c) for c in required]
+    for c in set(required) & cols:
+        exps.append(E.ExpectColumnValuesToNotBeNull(column=c))
+    if "user_id" in cols:
+        exps.append(E.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=STRING_TYPES))
+    if "modality" in cols:
+        exps.append(E.ExpectColumnValuesToBeInSet(column="modality", value_set=modalities))
+    if "text" in cols:
+        exps.append(E.ExpectColumnValuesToBeInTypeList(column="text", type_list=STRING_TYPES))
+        if frame["text"].map(lambda v: isinstance(v, str) or v is None).all():
+            exps.append(E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, max_value=spec.max_text_chars))
+    if "event_time" in cols:
+        exps.append(E.ExpectColumnValuesToBeInTypeList(column="event_time", type_list=TIMESTAMP_TYPES))
+        if _kind(frame["event_time"]) == "timestamp":
+            exps.append(E.ExpectColumnValuesToBeBetween(column="event_time", min_value=_naive(window_start),
+                                                        max_value=_naive(window_end), strict_max=True))
+    for modality in spec.event_modalities:
+        condition = f'modality=="{modality.name}"'
+        for nf in modality.numeric_fields:
+            exps.append(E.ExpectColumnToExist(column=nf.name))
+            if nf.name not in cols:
+                continue
+            exps.append(E.ExpectColumnValuesToNotBeNull(column=nf.name, row_condition=condition, condition_parser="pandas"))
+            if _kind(frame[nf.name]) == "number":
+                exps.append(E.ExpectColumnValuesToBeBetween(column=nf.name, min_value=nf.min, max_value=nf.max,
+                                                            row_condition=condition, condition_parser="pandas"))
+            else:
+                exps.append(E.ExpectColumnValuesToBeInTypeList(column=nf.name, type_list=NUMBER_TYPES))
+    return exps
+
+
+def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame) -> list:
+    """Expectations for the profile table: one row per user, every spec field present and in range."""
+    profile = spec.profile
+    if profile is None:
+        raise ValueError("the modality spec has no profile modality")
+    cols = set(frame.columns)
+    exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1), E.ExpectColumnToExist(column="user_id")]
+    if "user_id" in cols:
+        exps += [E.ExpectColumnValuesToNotBeNull(column="user_id"), E.ExpectColumnValuesToBeUnique(column="user_id"),
+                 E.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=STRING_TYPES)]
+    for f in profile.fields:
+        exps.append(E.ExpectColumnToExist(column=f.name))
+        if f.name not in cols:
+            continue
+        exps.append(E.ExpectColumnValuesToNotBeNull(column=f.name))
+        if f.type == "category":
+            exps.append(E.ExpectColumnValuesToBeInSet(column=f.name, value_set=list(f.values or ())))
+        elif _kind(frame[f.name]) == "number":
+            exps.append(E.ExpectColumnValuesToBeBetween(column=f.name, min_value=f.min, max_value=f.max))
+        else:
+            exps.append(E.ExpectColumnValuesToBeInTypeList(column=f.name, type_list=NUMBER_TYPES))
+    return exps
+
+
+def _detail(result) -> str:
+    info = result.exception_info or {}
+    if "exception_message" in info:
+        return str(info["exception_message"] or "")
+    messages = [v.get("exception_message") for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    return "; ".join(m for m in messages if m)
+
+
+def validate_frame(frame: pd.DataFrame, expectations: list, table: str) -> ValidationReport:
+    """Run `expectations` on `frame` with an ephemeral GE context; never raises on bad data."""
+    context = _context()
+    asset = context.data_sources.add_pandas(f"{table}_source").add_dataframe_asset(table)
+    batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(batch_parameters={"dataframe": _naive_utc(frame)})
+    suite = gx.ExpectationSuite(name=f"{table}_suite", expectations=expectations)
+    result = batch.validate(suite, result_format="SUMMARY")
+    report = ValidationReport(table=table, rows=len(frame), evaluated=len(result.results))
+    for r in result.results:
+        if r.success:
+            continue
+        config = r.expectation_config
+        count = r.result.get("unexpected_count")
+        detail = _detail(r)
+        if config.kwargs.get("row_condition"):
+            detail = (f"where {config.kwargs['row_condition']}; " + detail).rstrip("; ")
+        if count is None and config.type == "expect_table_row_count_to_be_between":
+            detail = detail or f"table has {r.result.get('observed_value')} rows"
+        report.failures.append(FailedExpectation(config.type, config.kwargs.get("column"), count, detail))
+    return report

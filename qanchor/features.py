@@ -1,0 +1,73 @@
+"""A user's features as the model sees them, independent of where they were read from.
+
+Feature-store rows arrive flat (`bill_events__texts`, `profile__age`, ...); `UserFeatures`
+regroups them per modality and checks them, so a NaN amount or ragged lists are caught at the
+boundary with a message naming the user, modality and field, never inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from qanchor.modality_spec import ModalitySpec
+
+
+class FeatureValueError(ValueError):
+    """A feature value the model must not consume (NaN, wrong length, wrong type)."""
+
+
+@dataclass(frozen=True)
+class ModalityEvents:
+    """One modality's recent events, oldest first; `numeric[name][i]` belongs to `texts[i]`."""
+
+    texts: tuple[str, ...] = ()
+    times: tuple[int, ...] = ()
+    numeric: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True)
+class UserFeatures:
+    user_id: str
+    modalities: Mapping[str, ModalityEvents]
+    profile: Mapping[str, Any]
+
+    @classmethod
+    def from_row(cls, user_id: str, row: Mapping[str, Any], spec: ModalitySpec) -> UserFeatures:
+        """Build from a flat feature-store row keyed `<view>__<feature>` (Feast full feature names)."""
+        modalities: dict[str, ModalityEvents] = {}
+        for m in spec.event_modalities:
+            prefix = f"{m.name}_events__"
+            texts = tuple(row.get(prefix + "texts") or ())
+            times = tuple(int(t) for t in (row.get(prefix + "event_times") or ()))
+            numeric = {name: tuple(float(v) for v in (row.get(prefix + name) or ())) for name in m.numeric_names}
+            where = f"user {user_id!r}, modality {m.name!r}"
+            if len(times) != len(texts):
+                raise FeatureValueError(f"{where}: {len(texts)} texts but {len(times)} event times")
+            for name, values in numeric.items():
+                if len(values) != len(texts):
+                    raise FeatureValueError(f"{where}: {len(texts)} texts but {len(values)} values of {name!r}")
+                bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+                if bad:
+                    raise FeatureValueError(f"{where}: non-finite {name!r} at event positions {bad[:5]}")
+            if any(not isinstance(t, str) or not t for t in texts):
+                raise FeatureValueError(f"{where}: empty or non-string event text")
+            modalities[m.name] = ModalityEvents(texts, times, numeric)
+        profile: dict[str, Any] = {}
+        if spec.profile is not None:
+            for f in spec.profile.fields:
+                value = row.get(f"profile__{f.name}")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise FeatureValueError(f"user {user_id!r}: profile field {f.name!r} is {value}")
+                profile[f.name] = value
+        return cls(user_id=user_id, modalities=modalities, profile=profile)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the store knows nothing about the user (no events, no profile)."""
+        return all(len(e) == 0 for e in self.modalities.values()) and all(v is None for v in self.profile.values())

@@ -1,0 +1,1 @@
+"""BentoML service, prefix cache, registry loader and batch scorer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Pretraining, scenario prompt tuning, evaluation and MLflow logging/registry (see DESIGN.md)."""
