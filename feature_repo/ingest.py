@@ -123,7 +123,7 @@ def _feature_version(config: ImportConfig, inputs: list[str]) -> str:
 def _validate_profiles(config: ImportConfig) -> tuple[pd.DataFrame, ValidationReport]:
     dataset = _dataset(config.profiles, "profiles")
     frame = _normalise_times(dataset.to_table().to_pandas(), "updated_at")
-    report = validate_frame(frame, profile_expectations(config.spec, frame), "profiles")
+    report = validate_frame(frame, profile_expectations(config.spec, frame, config.as_of), "profiles")
     return frame, report
 
 
@@ -159,7 +159,6 @@ def _list_array(values: pd.Series | np.ndarray, counts: np.ndarray, value_type: 
 
 def _snapshot_schema(modality: EventModality) -> pa.Schema:
     fields = [("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
-              ("created_timestamp", pa.timestamp("us", tz="UTC")),
               ("texts", pa.list_(pa.string())), ("event_times", pa.list_(pa.int64()))]
     fields += [(name, pa.list_(pa.float64())) for name in modality.numeric_names]
     fields += [("n_events", pa.int64())]
@@ -170,7 +169,7 @@ _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
 def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModality,
-                    snapshot: pd.Timestamp, created: pd.Timestamp) -> pa.Table:
+                    snapshot: pd.Timestamp) -> pa.Table:
     """One row per user in `users` (sorted): the last `max_events` events before `snapshot`."""
     window = events[(events["modality"] == modality.name)
                     & (events["event_time"] < snapshot)
@@ -183,7 +182,6 @@ def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModa
     columns = {
         "user_id": pa.array(users, type=pa.string()),
         "event_timestamp": pa.array(np.full(len(users), snapshot.value // 1000), type=pa.timestamp("us", tz="UTC")),
-        "created_timestamp": pa.array(np.full(len(users), created.value // 1000), type=pa.timestamp("us", tz="UTC")),
         "texts": _list_array(window["text"].to_numpy(dtype=object), counts, pa.string()),
         "event_times": _list_array(seconds.astype(np.int64), counts, pa.int64()),
     }
@@ -193,11 +191,10 @@ def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModa
     return pa.table(columns, schema=_snapshot_schema(modality))
 
 
-def _profile_table(profiles: pd.DataFrame, config: ImportConfig, created: pd.Timestamp) -> pa.Table:
+def _profile_table(profiles: pd.DataFrame, config: ImportConfig) -> pa.Table:
     frame = profiles[["user_id", *[f.name for f in config.spec.profile.fields]]].copy()
-    stamp = profiles["updated_at"] if "updated_at" in profiles else pd.Timestamp(config.as_of)
+    stamp = profiles["updated_at"] if "updated_at" in profiles else config.window_start
     frame.insert(1, "event_timestamp", stamp)
-    frame.insert(2, "created_timestamp", created)
     for f in config.spec.profile.fields:
         frame[f.name] = frame[f.name].astype({"int": "int64", "float": "float64", "category": "str"}[f.type])
     return pa.Table.from_pandas(frame, preserve_index=False)
@@ -227,7 +224,7 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
             users = np.union1d(profiles.loc[profile_buckets == b, "user_id"].astype(str).to_numpy(),
                                events["user_id"].astype(str).unique()).astype(object)
             for modality in config.spec.event_modalities:
-                tables = [build_snapshots(events, users, modality, s, created) for s in config.snapshot_times]
+                tables = [build_snapshots(events, users, modality, s) for s in config.snapshot_times]
                 table = pa.concat_tables(tables)
                 target = staging / "features" / modality.name
                 target.mkdir(parents=True, exist_ok=True)
@@ -235,7 +232,7 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
                 rows[modality.name] = rows.get(modality.name, 0) + table.num_rows
             shutil.rmtree(bucket_dir, ignore_errors=True)
         (staging / "features" / PROFILE_VIEW).mkdir(parents=True)
-        pq.write_table(_profile_table(profiles, config, created), staging / "features" / PROFILE_VIEW / "part-00000.parquet")
+        pq.write_table(_profile_table(profiles, config), staging / "features" / PROFILE_VIEW / "part-00000.parquet")
         rows[PROFILE_VIEW] = len(profiles)
         version = _feature_version(config, files + list(_dataset(config.profiles, "profiles").files))
         manifest = {

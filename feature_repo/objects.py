@@ -22,6 +22,8 @@ SETTINGS_FILE = "qanchor.json"
 DATA_MANIFEST = "manifest.json"
 PROFILE_VIEW = "profile"
 FEATURE_SERVICE = "userU"
+#: Profiles change slowly; a profile row stays valid this long.
+PROFILE_TTL_DAYS = 3650
 
 
 def event_view_name(modality: str) -> str:
@@ -72,7 +74,6 @@ def event_view(modality: EventModality, data: Path, user: Entity) -> FeatureView
         name=f"{modality.name}_source",
         path=str(data / modality.name),
         timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
         description=f"Snapshots of the last {modality.window_days} days of {modality.name} events per user.",
     )
     schema = [Field(name="texts", dtype=Array(String)), Field(name="event_times", dtype=Array(Int64))]
@@ -99,7 +100,6 @@ def profile_view(profile: ProfileModality, data: Path, user: Entity, ttl_days: i
         name="profile_source",
         path=str(data / PROFILE_VIEW),
         timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
         description="Profile attributes per user, stamped with when they were last updated.",
     )
     return FeatureView(
@@ -120,7 +120,7 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
     objects: dict[str, object] = {"user": user}
     views = [event_view(m, settings.data, user) for m in settings.spec.event_modalities]
     if settings.spec.profile is not None:
-        views.append(profile_view(settings.spec.profile, settings.data, user, ttl_days=3650))
+        views.append(profile_view(settings.spec.profile, settings.data, user, ttl_days=PROFILE_TTL_DAYS))
     for view in views:
         objects[view.name] = view
     objects[FEATURE_SERVICE] = FeatureService(

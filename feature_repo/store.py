@@ -25,7 +25,7 @@ os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: no network at run
 
 from feast import FeatureStore  # noqa: E402
 
-from feature_repo.objects import FEATURE_SERVICE, SETTINGS_FILE, RepoSettings, build_definitions  # noqa: E402
+from feature_repo.objects import FEATURE_SERVICE, PROFILE_TTL_DAYS, SETTINGS_FILE, RepoSettings, build_definitions  # noqa: E402
 from qanchor.features import UserFeatures  # noqa: E402
 
 OnlineStoreKind = Literal["sqlite", "redis"]
@@ -85,7 +85,9 @@ class UserFeatureStore:
     def materialize(self, end: datetime | None = None) -> None:
         """Load the newest snapshot per user (up to `end`, default as_of) into the online store."""
         as_of = pd.Timestamp(self.settings.as_of).to_pydatetime()
-        start = as_of - timedelta(days=max(self.settings.snapshot_days) + 1)
+        # Reach back as far as the longest TTL (the profile's) so slowly-changing rows load too;
+        # Feast keeps only the newest row per user and view anyway.
+        start = as_of - timedelta(days=PROFILE_TTL_DAYS)
         self._store.materialize(start_date=start, end_date=end or as_of + timedelta(seconds=1))
 
     def historical(self, entity_df: pd.DataFrame) -> pd.DataFrame:
@@ -95,7 +97,16 @@ class UserFeatureStore:
             raise ValueError(f"entity_df is missing columns {sorted(missing)}")
         job = self._store.get_historical_features(entity_df=entity_df, features=self.feature_refs(),
                                                   full_feature_names=True)
-        return job.to_df()
+        rows = job.to_df()
+        if len(rows) != len(entity_df):
+            # Feast's file offline store drops an entity row whose only candidate feature rows are
+            # newer than it, instead of returning nulls; silently losing training rows is worse
+            # than failing, so say which rows are too early.
+            raise ValueError(
+                f"point-in-time join returned {len(rows)} of {len(entity_df)} rows: some rows are older than "
+                f"every snapshot of a view (oldest feature data: {min(self.settings.snapshot_days)} days "
+                f"before {self.settings.as_of}, profile `updated_at`); move those rows later or re-import")
+        return rows
 
     def online_rows(self, user_ids: list[str]) -> list[dict]:
         """Flat rows (`<view>__<feature>` keys) for each user, in order; unknown users get all-None."""

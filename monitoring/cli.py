@@ -37,7 +37,7 @@ def validate(events: Path | None, profiles: Path | None, spec_path: Path | None,
         reports.append(validate_frame(frame, event_expectations(spec, frame, start, end), "events"))
     if profiles is not None:
         frame = pd.read_parquet(profiles)
-        reports.append(validate_frame(frame, profile_expectations(spec, frame), "profiles"))
+        reports.append(validate_frame(frame, profile_expectations(spec, frame, end), "profiles"))
     if not reports:
         raise click.UsageError("give --events and/or --profiles")
     for r in reports:

@@ -158,8 +158,9 @@ def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window_start: da
     return exps
 
 
-def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame) -> list:
-    """Expectations for the profile table: one row per user, every spec field present and in range."""
+def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame, as_of: datetime | None = None) -> list:
+    """Expectations for the profile table: one row per user, every spec field present and in range,
+    and (when given) no `updated_at` after `as_of`."""
     profile = spec.profile
     if profile is None:
         raise ValueError("the modality spec has no profile modality")
@@ -168,6 +169,10 @@ def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame) -> list:
     if "user_id" in cols:
         exps += [E.ExpectColumnValuesToNotBeNull(column="user_id"), E.ExpectColumnValuesToBeUnique(column="user_id"),
                  E.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=STRING_TYPES)]
+    if "updated_at" in cols and as_of is not None:
+        exps.append(E.ExpectColumnValuesToBeInTypeList(column="updated_at", type_list=TIMESTAMP_TYPES))
+        if _kind(frame["updated_at"]) == "timestamp":
+            exps.append(E.ExpectColumnValuesToBeBetween(column="updated_at", max_value=_naive(as_of)))
     for f in profile.fields:
         exps.append(E.ExpectColumnToExist(column=f.name))
         if f.name not in cols:

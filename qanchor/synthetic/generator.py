@@ -47,6 +47,7 @@ EVENT_SCHEMA = pa.schema(
         ("category", pa.string()),
     ]
 )
+PROFILE_AGE_DAYS = 365
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -108,7 +109,9 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
     d_future = summarise_future(pd.Series(user_ids), future, as_of)
     d_uqa = sample_questions(rng, user_facts(events, profiles), config.uqa_per_user, as_of)
     split = np.asarray(SPLITS)[np.searchsorted(np.cumsum(SPLIT_FRACTIONS), rng.random(n_users), side="right").clip(0, 2)]
-    profiles.insert(1, "updated_at", as_of)
+    # Profiles are static here; stamping them well before the window keeps every point-in-time
+    # training row inside their validity (Feast drops entity rows older than a view's only row).
+    profiles.insert(1, "updated_at", as_of - pd.Timedelta(days=PROFILE_AGE_DAYS))
     return ChunkTables(
         events=events[EVENT_SCHEMA.names],
         profiles=profiles,

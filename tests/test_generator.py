@@ -1,0 +1,126 @@
+"""The synthetic UserU generator: deterministic, labelled from the future window, checkable."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qanchor.synthetic.generator import GeneratorConfig, generate, generate_chunk, read_table
+from qanchor.synthetic.tasks import TASK_NAMES, TASKS, label_from_future
+from qanchor.synthetic.uqa import TOPICS, check_answer, check_dataset, user_facts
+
+TABLES = ("events", "profiles", "future_events", "labels", "d_future", "d_uqa", "splits")
+
+
+def test_same_seed_gives_identical_tables_and_another_seed_does_not(tmp_path):
+    a = generate(GeneratorConfig(users=120, seed=5, chunk_users=50), tmp_path / "a", progress=False)
+    b = generate(GeneratorConfig(users=120, seed=5, chunk_users=50), tmp_path / "b", progress=False)
+    generate(GeneratorConfig(users=120, seed=6, chunk_users=50), tmp_path / "c", progress=False)
+    assert a["rows"] == b["rows"]
+    for name in TABLES:
+        pd.testing.assert_frame_equal(read_table(tmp_path / "a", name), read_table(tmp_path / "b", name))
+    assert not read_table(tmp_path / "a", "events").equals(read_table(tmp_path / "c", "events"))
+
+
+def test_output_layout_and_manifest(dataset):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["rows"]["users"] == 300
+    assert sorted(p.name for p in (dataset / "events").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert {t["group"] for t in manifest["tasks"]} == {"Engagement", "Risk", "Marketing"}
+    events = read_table(dataset, "events")
+    assert set(events["modality"]) == {"bill", "mini", "spm", "app", "search"}
+    window_start = pd.Timestamp(manifest["config"]["as_of"]) - pd.Timedelta(days=90)
+    assert events["event_time"].between(window_start, pd.Timestamp(manifest["config"]["as_of"]), inclusive="left").all()
+    assert events.loc[events["modality"] == "bill", "amount"].notna().all()
+    assert events.loc[events["modality"] != "bill", "amount"].isna().all()
+
+
+def test_refuses_to_overwrite_existing_output(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        generate(GeneratorConfig(users=10), tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_labels_are_read_back_from_the_future_window(dataset):
+    future = read_table(dataset, "future_events")
+    labels = read_table(dataset, "labels")
+    recomputed = label_from_future(labels["user_id"].to_numpy(), future)
+    pd.testing.assert_frame_equal(recomputed, labels.drop(columns="label_time"))
+    observed = read_table(dataset, "events")
+    markers = {t.marker_text for t in TASKS}
+    assert not observed["text"].isin(markers).any(), "task markers must only appear in the future window"
+
+
+def test_positive_rates_match_documented_targets_on_20k_users():
+    config = GeneratorConfig(users=20_000, seed=2024)
+    labels = pd.concat([generate_chunk(config, i, i * 5_000, 5_000).labels for i in range(4)])
+    for task in TASKS:
+        rate = labels[task.name].mean()
+        assert 0.03 <= task.target_rate <= 0.40
+        assert abs(rate - task.target_rate) <= 0.02, f"{task.name}: {rate:.3f} vs documented {task.target_rate:.3f}"
+
+
+def test_tasks_depend_on_different_traits():
+    """No two tasks share a trait direction: pairwise cosine of trait weight vectors stays below 0.8."""
+    from qanchor.synthetic.catalog import TRAITS
+
+    vectors = np.array([[t.weights.get(name, 0.0) for name in TRAITS] for t in TASKS])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosine = vectors @ vectors.T
+    np.fill_diagonal(cosine, 0.0)
+    assert cosine.max() < 0.8
+    assert len(TASK_NAMES) == 10
+
+
+def test_every_uqa_answer_is_consistent_with_the_users_data(dataset):
+    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"))
+    uqa = read_table(dataset, "d_uqa")
+    assert len(set(uqa["topic"])) >= 10
+    assert check_dataset(uqa, facts).empty
+
+
+@pytest.mark.parametrize(
+    ("topic", "corrupt"),
+    [
+        ("spending", lambda a: re.sub(r"^[\d.]+", lambda m: f"{float(m.group()) + 5:.2f}", a)),
+        ("travel", lambda a: "No travel payments in the last 90 days." if a.startswith("Yes") else "Yes, 3 travel payments in the last 90 days."),
+        ("life_stage", lambda a: a.replace("tier-", "tier-9")),
+        ("top_category", lambda a: "wealth: 1 of 1 payments." if not a.startswith("wealth") else "dining: 1 of 1 payments."),
+        ("search", lambda a: a + " Also loves opera."),
+    ],
+)
+def test_uqa_check_catches_a_corrupted_answer(dataset, topic, corrupt):
+    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"))
+    row = read_table(dataset, "d_uqa").query("topic == @topic").iloc[0]
+    assert check_answer(topic, row.answer, facts.loc[row.user_id]).ok
+    result = check_answer(topic, corrupt(row.answer), facts.loc[row.user_id])
+    assert not result.ok and result.reason
+
+
+def test_d_future_summarises_next_window_per_user_with_diversity(dataset):
+    d_future = read_table(dataset, "d_future")
+    assert d_future["user_id"].is_unique and len(d_future) == 300
+    assert d_future["query"].nunique() == 1
+    multi = d_future["answer"].str.count(";") >= 2
+    assert multi.mean() > 0.8
+    labels = read_table(dataset, "labels").set_index("user_id")
+    overdue = labels.index[labels["risk_overdue"] == 1]
+    answers = d_future.set_index("user_id")["answer"]
+    assert answers.loc[overdue].str.contains("late fee").all()
+
+
+def test_splits_partition_users(dataset):
+    splits = read_table(dataset, "splits")
+    assert splits["user_id"].is_unique
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert 0.7 < (splits["split"] == "train").mean() < 0.9
+
+
+def test_topics_cover_at_least_ten_life_areas():
+    assert len(TOPICS) >= 10
