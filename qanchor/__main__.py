@@ -1,0 +1,3 @@
+from qanchor.cli import main
+
+main()

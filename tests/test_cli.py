@@ -1,0 +1,62 @@
+"""The `qanchor` command line: every command documents itself and bad flags fail cleanly."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from qanchor.cli import cli
+
+COMMANDS = [[], ["data"], ["data", "generate"], ["data", "import"], ["data", "validate"], ["data", "rates"],
+            ["features"], ["features", "apply"], ["features", "materialize"], ["features", "show"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "qanchor")
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_generate_then_rates(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "raw"
+    result = runner.invoke(cli, ["data", "generate", "--users", "50", "--seed", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rates = runner.invoke(cli, ["data", "rates", str(out)])
+    assert rates.exit_code == 0 and "risk_overdue" in rates.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "generate", "--users", "0", "--out", "x"], "0 is not in the range x>=1"),
+        (["data", "generate", "--users", "5"], "Missing option '--out'"),
+        (["data", "import", "--events", "nope", "--profiles", "nope", "--out", "o", "--as-of", "2026-10-01"],
+         "profiles path nope does not exist"),
+        (["data", "import", "--events", "e", "--profiles", "p", "--out", "o", "--spec", "absent.yaml"],
+         "modality spec absent.yaml does not exist"),
+    ],
+)
+def test_bad_flags_give_specific_errors(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x").exists()
+
+
+def test_import_failure_writes_report_and_nothing_else(tmp_path, dataset):
+    import pandas as pd
+
+    events = pd.read_parquet(dataset / "events").head(500)
+    events.loc[events.index[:2], "modality"] = "tiktok"
+    events.to_parquet(tmp_path / "events.parquet", index=False)
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["data", "import", "--events", str(tmp_path / "events.parquet"),
+                                      "--profiles", str(dataset / "profiles"), "--out", str(tmp_path / "features"),
+                                      "--as-of", "2026-10-01", "--report", str(report)])
+    assert result.exit_code == 1
+    assert "expect_column_values_to_be_in_set(modality): 2 offending rows" in result.output
+    assert '"unexpected_count": 2' in report.read_text()
+    assert not (tmp_path / "features").exists()
