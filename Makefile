@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 DEMO_USERS ?= 2000
 DEMO_SEED ?= 7
+DEMO_AS_OF ?= 2026-10-01
 
 .PHONY: venv demo test test-slow bench clean
 
@@ -22,9 +23,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
-	$(BIN)/qanchor data generate --users $(DEMO_USERS) --seed $(DEMO_SEED) --out $(DEMO_DIR)/raw
+	$(BIN)/qanchor data generate --users $(DEMO_USERS) --seed $(DEMO_SEED) --as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/raw
 	$(BIN)/qanchor data import --events $(DEMO_DIR)/raw/events --profiles $(DEMO_DIR)/raw/profiles \
-		--out $(DEMO_DIR)/features --report $(DEMO_DIR)/validation.json
+		--as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/features --report $(DEMO_DIR)/validation.json
 	$(BIN)/qanchor features apply --data $(DEMO_DIR)/features --repo $(DEMO_DIR)/feature_store
 	$(BIN)/qanchor features materialize --repo $(DEMO_DIR)/feature_store
 	$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1
