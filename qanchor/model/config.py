@@ -1,0 +1,47 @@
+"""Model and loss configuration: every knob that changes the embedding is a logged config value."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraSettings(_Config):
+    """Low-rank adapters on the backbone's attention/MLP projections (for large backbones)."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class BackboneSettings(_Config):
+    """Which decoder LLM: a preset name (`tiny`, `smollm2-135m`, `qwen2.5-0.5b`) or a local HF directory."""
+
+    name: str = "tiny"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    lora: LoraSettings | None = None
+    #: Hub ids are only resolved from the local cache unless this is set: no network at run time.
+    allow_download: bool = False
+
+
+class LossSettings(_Config):
+    """Joint objective: InfoNCE with the false-negative mask m_ij = 1[s_ij <= s_ii + margin] plus NTP."""
+
+    temperature: float = Field(default=0.05, gt=0.0)
+    margin: float = Field(default=0.1, ge=0.0)
+    contrastive_weight: float = Field(default=1.0, ge=0.0)
+    ntp_weight: float = Field(default=1.0, ge=0.0)
+
+
+class ModelSettings(_Config):
+    backbone: BackboneSettings = BackboneSettings()
+    embed_dim: int = Field(default=128, gt=0)
+    event_hidden: int = Field(default=256, gt=0)
+    max_query_tokens: int = Field(default=48, gt=0)
+    max_answer_tokens: int = Field(default=96, gt=0)
+    loss: LossSettings = LossSettings()

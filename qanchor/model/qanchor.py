@@ -1,0 +1,115 @@
+"""`QAnchor`: the user-facing model object (build, save, load, embed).
+
+    model = QAnchor.from_pretrained("runs/pretrain/final")
+    vectors = model.embed(user_features, ["will this user repay late?", "likes travel deals?"])
+
+A saved model is a directory: `qanchor.json` (settings + modality spec), `backbone/` (LM config),
+`tokenizer/` (with the special tokens) and `model.safetensors` (every weight, frozen or not).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from qanchor.features import UserFeatures
+from qanchor.modality_spec import ModalitySpec, parse_spec
+from qanchor.model.backbone import backbone_from_saved, load_backbone
+from qanchor.model.batch import collate_users
+from qanchor.model.config import ModelSettings
+from qanchor.model.modeling import QAnchorModel
+from qanchor.model.text_encoder import TextEmbeddingCache
+
+FORMAT_VERSION = 1
+
+
+class QAnchor:
+    def __init__(self, network: QAnchorModel, cache: TextEmbeddingCache):
+        self.network = network
+        self.cache = cache
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return self.network.spec
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.network.settings
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @classmethod
+    def build(cls, spec: ModalitySpec, settings: ModelSettings, seed: int = 0) -> QAnchor:
+        """A fresh model: backbone from its preset, encoders randomly initialised (seeded)."""
+        backbone = load_backbone(settings.backbone, spec.names, seed=seed)
+        torch.manual_seed(seed)
+        return cls(QAnchorModel(spec, settings, backbone), TextEmbeddingCache())
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "qanchor.json").write_text(json.dumps({
+            "format": FORMAT_VERSION,
+            "settings": json.loads(self.settings.model_dump_json()),
+            "spec": json.loads(self.spec.model_dump_json()),
+        }, indent=2))
+        self.network.backbone.tokenizer.save_pretrained(folder / "tokenizer")
+        self.network.lm.config.save_pretrained(folder / "backbone")
+        save_model(self.network, str(folder / "model.safetensors"))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> QAnchor:
+        folder = Path(folder)
+        meta_path = folder / "qanchor.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{folder} is not a saved Q-Anchor model (qanchor.json missing)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: unsupported model format {meta.get('format')!r}")
+        settings = ModelSettings.model_validate(meta["settings"])
+        spec = parse_spec(meta["spec"], str(meta_path))
+        network = QAnchorModel(spec, settings, backbone_from_saved(folder / "backbone", folder / "tokenizer", settings.backbone, spec.names))
+        load_model(network, str(folder / "model.safetensors"))
+        return cls(network.to(device).eval(), TextEmbeddingCache(device=str(device)))
+
+    @classmethod
+    def from_registry(cls, alias_or_version: str = "champion", name: str = "qanchor-backbone",
+                      device: str | torch.device = "cpu") -> QAnchor:
+        """Load a registered backbone by alias (`champion`, `challenger`) or version number.
+
+        The registry lives behind the `qanchor.registry` entry point (MLflow, in `training`), so
+        this core package never imports it.
+        """
+        (loader,) = [ep for ep in entry_points(group="qanchor.registry") if ep.name == "download_model"]
+        return cls.from_pretrained(loader.load()(name, alias_or_version), device=device)
+
+    @torch.no_grad()
+    def embed(self, users: UserFeatures | list[UserFeatures], queries: list[str],
+              reference_time: int | None = None, batch_size: int = 32) -> np.ndarray:
+        """Embeddings [n_users, n_queries, embed_dim] (L2-normalised), one per (user, scenario query)."""
+        users = [users] if isinstance(users, UserFeatures) else list(users)
+        if not queries:
+            raise ValueError("give at least one query")
+        ref = int(reference_time if reference_time is not None else time.time())
+        self.network.eval()
+        out = np.zeros((len(users), len(queries), self.settings.embed_dim), dtype=np.float32)
+        suffixes = self.network.suffix_ids(queries)
+        per_chunk = max(1, batch_size // len(queries))
+        for start in range(0, len(users), per_chunk):
+            chunk = users[start:start + per_chunk]
+            batch = {k: v.to(self.device) for k, v in collate_users(chunk, [ref] * len(chunk), self.spec, self.cache).items()}
+            prefixes = self.network.prefix_embeddings(batch, self.cache.table().to(self.device))
+            rows = [p for p in prefixes for _ in queries]
+            packed = self.network.pack(rows, suffixes * len(chunk))
+            vectors, _ = self.network.anchor_forward(packed)
+            out[start:start + len(chunk)] = vectors.reshape(len(chunk), len(queries), -1).cpu().numpy()
+        return out

