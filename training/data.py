@@ -1,0 +1,70 @@
+"""The UserU builder: (user features at query time, query, answer) examples for pretraining.
+
+Features come from Feast's point-in-time join at each row's `query_time`, so an example never
+sees events after the moment its question is asked. Rows come from D_future (fixed query ->
+next-window summary) and D_uqa (grounded question -> answer), mixed at `future_ratio`, for the
+users of one split only: D_future answers describe future-window behaviour, so evaluation users
+must never be pretrained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.store import UserFeatureStore
+from qanchor.features import UserFeatures
+
+
+@dataclass(frozen=True)
+class Example:
+    features: UserFeatures
+    reference_time: int
+    query: str
+    answer: str
+
+
+class DatasetError(ValueError):
+    """The dataset directory lacks a table or the split is empty."""
+
+
+def _table(dataset: Path, name: str) -> pd.DataFrame:
+    path = Path(dataset) / name
+    if not path.exists():
+        raise DatasetError(f"{dataset} has no {name}/ table; is it a `qanchor data generate` output?")
+    return pd.read_parquet(path)
+
+
+def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ratio: float,
+                   max_examples: int | None, seed: int) -> list[Example]:
+    """Examples of `split` users; `future_ratio` of them from D_future, the rest from D_uqa."""
+    if not 0.0 <= future_ratio <= 1.0:
+        raise ValueError(f"future_ratio must be in [0, 1], got {future_ratio}")
+    users = set(_table(dataset, "splits").query("split == @split")["user_id"])
+    if not users:
+        raise DatasetError(f"split {split!r} has no users in {dataset}")
+    future = _table(dataset, "d_future").rename(columns={"query": "question"})
+    uqa = _table(dataset, "d_uqa")
+    future, uqa = future[future.user_id.isin(users)], uqa[uqa.user_id.isin(users)]
+    rng = np.random.default_rng(seed)
+    total = min(max_examples or len(future) + len(uqa), len(future) + len(uqa))
+    n_future = min(len(future), round(total * future_ratio))
+    n_uqa = min(len(uqa), total - n_future)
+    rows = pd.concat([future.sample(n=n_future, random_state=rng.integers(2**31)),
+                      uqa.sample(n=n_uqa, random_state=rng.integers(2**31))], ignore_index=True)
+    rows = rows.sample(frac=1.0, random_state=rng.integers(2**31), ignore_index=True)
+
+    entities = rows[["user_id", "query_time"]].drop_duplicates().rename(columns={"query_time": "event_timestamp"})
+    history = store.historical(entities.reset_index(drop=True))
+    features = {
+        (r["user_id"], r["event_timestamp"]): UserFeatures.from_row(r["user_id"], r, store.spec)
+        for r in history.to_dict("records")
+    }
+    return [
+        Example(features=features[(r.user_id, r.query_time)], reference_time=int(r.query_time.timestamp()),
+                query=r.question, answer=r.answer)
+        for r in rows.itertuples(index=False)
+    ]

@@ -1,0 +1,320 @@
+"""`qanchor pretrain`: joint contrastive + next-token pretraining, tracked in MLflow.
+
+One process by default; under `torchrun` every rank trains on its own shard of each global
+batch, embeddings are all-gathered *with gradient* so in-batch negatives span all ranks, and
+rank 0 alone logs, checkpoints and registers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tqdm.auto import tqdm
+
+from qanchor.losses import contrastive_loss, retrieval_accuracy
+from qanchor.model import ModelSettings, QAnchor
+from qanchor.model.batch import collate_users
+from training.data import Example, build_examples
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(_Config):
+    dataset: Path
+    feature_repo: Path
+    future_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    max_train_examples: int | None = Field(default=None, gt=0)
+    val_examples: int = Field(default=256, gt=0)
+    #: Modalities the model reads; default all of the feature repository's spec.
+    modalities: list[str] | None = None
+
+
+class OptimSettings(_Config):
+    steps: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=32, ge=2)
+    lr: float = Field(default=1e-3, gt=0.0)
+    backbone_lr: float = Field(default=3e-4, gt=0.0)
+    weight_decay: float = Field(default=0.01, ge=0.0)
+    warmup_steps: int = Field(default=20, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0.0)
+    bf16: bool | None = None  # default: on for CUDA
+
+
+class TrackingSettings(_Config):
+    uri: str | None = None
+    experiment: str = "qanchor-pretrain"
+    register_model: bool = True
+    registered_model: str = "qanchor-backbone"
+    alias: str = "challenger"
+
+
+class PretrainConfig(_Config):
+    model: ModelSettings = ModelSettings()
+    data: DataSettings
+    optim: OptimSettings = OptimSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    seed: int = 0
+    output_dir: Path = Path("runs/pretrain")
+    checkpoint_every: int = Field(default=100, gt=0)
+    log_every: int = Field(default=10, gt=0)
+
+
+class ConfigError(ValueError):
+    """A pretraining config that cannot run; raised before anything is trained or registered."""
+
+
+def load_config(path: Path) -> PretrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config {path} does not exist")
+    try:
+        return PretrainConfig.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as err:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid pretraining config {path}:\n" + "\n".join(lines)) from None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=int(os.environ.get("RANK", "0")), world=world, device=device)
+
+
+def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
+    """All ranks' rows, differentiable w.r.t. this rank's rows; and where they start."""
+    if d.world == 1:
+        return x, 0
+    import torch.distributed._functional_collectives as fc
+
+    # Backward reduce-scatters the gradients, so each rank's rows get every rank's use of them.
+    # torch 2.13 renamed the op; the GPU image has 2.11.
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
+    return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD), d.rank * x.shape[0]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _optimizer(model: QAnchor, cfg: OptimSettings, fused: bool) -> torch.optim.Optimizer:
+    backbone, rest = [], []
+    for name, p in model.network.named_parameters():
+        if p.requires_grad:
+            (backbone if name.startswith("lm.") else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.backbone_lr}]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], cfg: PretrainConfig,
+                d: Dist) -> dict[str, torch.Tensor]:
+    """Both towers and both losses for one per-rank batch; `network` is the model or its DDP wrapper."""
+    net = model.network
+    users = collate_users([e.features for e in batch], [e.reference_time for e in batch], net.spec, model.cache)
+    users = {k: v.to(d.device) for k, v in users.items()}
+    anchor, answer, ntp, tokens = network(users, model.cache.table().to(d.device),
+                                          net.suffix_ids([e.query for e in batch]), net.answer_ids([e.answer for e in batch]))
+    anchor_all, offset = gather_with_grad(anchor, d)
+    answer_all, _ = gather_with_grad(answer, d)
+    loss_cfg = cfg.model.loss
+    contrastive = contrastive_loss(anchor, answer, loss_cfg.temperature, loss_cfg.margin, anchor_all, answer_all, offset)
+    total = loss_cfg.contrastive_weight * contrastive + loss_cfg.ntp_weight * ntp
+    return {"loss": total, "contrastive": contrastive, "ntp": ntp, "tokens": tokens.float(),
+            "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: QAnchor, examples: list[Example], batch_size: int, device: torch.device) -> float:
+    """Held-out anchor->answer top-1 accuracy within batches of `batch_size` (chance = 1/batch_size)."""
+    net = model.network
+    net.eval()
+    hits, total = 0.0, 0
+    for start in range(0, len(examples) - batch_size + 1, batch_size):
+        batch = examples[start:start + batch_size]
+        users = {k: v.to(device) for k, v in collate_users([e.features for e in batch], [e.reference_time for e in batch],
+                                                            net.spec, model.cache).items()}
+        prefixes = net.prefix_embeddings(users, model.cache.table().to(device))
+        anchor, _ = net.anchor_forward(net.pack(prefixes, net.suffix_ids([e.query for e in batch])))
+        answer = net.semantic_forward(net.answer_ids([e.answer for e in batch]))
+        hits += retrieval_accuracy(anchor, answer) * len(batch)
+        total += len(batch)
+    net.train()
+    if total == 0:
+        raise ValueError(f"need at least {batch_size} held-out examples to measure retrieval accuracy")
+    return hits / total
+
+
+def _save_checkpoint(folder: Path, model: QAnchor, optimizer, scheduler, step: int) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "model")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate()},
+               tmp / "trainer.pt")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    folders = sorted((Path(output_dir) / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return folders[-1] if folders else None
+
+
+def _flatten(prefix: str, value: object, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train, evaluate, save, log and (rank 0) register. Returns a summary dict."""
+    from feature_repo.store import UserFeatureStore
+    from training import tracking
+
+    d = init_distributed()
+    _seed_everything(cfg.seed + d.rank)
+    store = UserFeatureStore(cfg.data.feature_repo)
+    spec = store.spec
+    if cfg.data.modalities is not None:
+        unknown = sorted(set(cfg.data.modalities) - set(spec.names))
+        if unknown:
+            raise ConfigError(f"data.modalities names {unknown}, which the feature repository's spec lacks "
+                              f"(it has {list(spec.names)})")
+        spec = spec.model_copy(update={"modalities": tuple(m for m in spec.modalities if m.name in cfg.data.modalities)})
+    uri = tracking.tracking_uri(cfg.tracking.uri)
+    if d.main:
+        experiment_id = tracking.open_experiment(uri, cfg.tracking.experiment)
+    model = QAnchor.build(spec, cfg.model, seed=cfg.seed)  # raises BackboneError for an unknown preset
+    model.network.to(d.device).train()
+
+    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed)
+    val = build_examples(store, cfg.data.dataset, "val", cfg.data.future_ratio, cfg.data.val_examples, cfg.seed + 1)
+    per_rank = cfg.optim.batch_size // d.world
+    if per_rank < 2:
+        raise ConfigError(f"batch_size {cfg.optim.batch_size} gives {per_rank} rows per rank on {d.world} ranks; need >= 2")
+
+    optimizer = _optimizer(model, cfg.optim, fused=d.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
+    network = model.network
+    if d.world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(model.network, find_unused_parameters=True)
+    bf16 = cfg.optim.bf16 if cfg.optim.bf16 is not None else d.device.type == "cuda"
+    start_step = 0
+    checkpoint = latest_checkpoint(cfg.output_dir) if resume else None
+    if checkpoint is not None:
+        from safetensors.torch import load_model
+
+        load_model(model.network, str(checkpoint / "model" / "model.safetensors"))
+        state = torch.load(checkpoint / "trainer.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+
+    rng = np.random.default_rng(cfg.seed)
+    order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(cfg.optim.steps * cfg.optim.batch_size / len(train)) + 1)])
+    run = None
+    if d.main:
+        run = tracking.mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True)
+        tracking.mlflow.log_params({k: v[:500] for k, v in _flatten("", json.loads(cfg.model_dump_json()), {}).items()})
+        tracking.mlflow.log_params({"world_size": d.world, "train_examples": len(train), "val_examples": len(val),
+                                    "feature_version": store.feature_version, "feature_service": "userU",
+                                    "device": str(d.device), "resumed_from_step": start_step})
+        tracking.mlflow.log_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), "config.yaml")
+    summary: dict = {}
+    try:
+        bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
+                   disable=not (progress and d.main))
+        tick, tokens_since = time.perf_counter(), 0.0
+        for step in bar:
+            ids = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size][d.rank::d.world]
+            batch = [train[i] for i in ids]
+            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = step_losses(network, model, batch, cfg, d)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            tokens_since += losses["tokens"].item() * d.world
+            if d.main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.steps):
+                elapsed = time.perf_counter() - tick
+                metrics = {k: float(v) for k, v in losses.items() if k != "tokens"}
+                metrics["tokens_per_s"] = tokens_since / elapsed
+                metrics["lr"] = scheduler.get_last_lr()[0]
+                tracking.mlflow.log_metrics(metrics, step=step + 1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['retrieval_acc']:.2f}",
+                                tok_s=f"{metrics['tokens_per_s']:.0f}")
+                tick, tokens_since = time.perf_counter(), 0.0
+            if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
+                _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
+        if d.main:
+            eval_batch = min(32, len(val))
+            accuracy = evaluate_retrieval(model, val, eval_batch, d.device)
+            tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": 1 / eval_batch})
+            final = model.save_pretrained(Path(cfg.output_dir) / "final")
+            example = pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"], "reference_time": [0]})
+            model_uri = tracking.log_backbone(final, example)
+            summary = {"run_id": run.info.run_id, "val_retrieval_acc": accuracy, "chance": 1 / eval_batch,
+                       "model_dir": str(final), "model_uri": model_uri}
+            if cfg.tracking.register_model:
+                summary["version"] = tracking.register(model_uri, cfg.tracking.registered_model, cfg.tracking.alias, {
+                    "feature_version": store.feature_version, "feature_service": "userU",
+                    "backbone": cfg.model.backbone.name, "val_retrieval_acc": f"{accuracy:.4f}"})
+    finally:
+        if run is not None:
+            tracking.mlflow.end_run()
+        if d.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    return summary
