@@ -30,6 +30,8 @@ demo: $(STAMP)
 	$(BIN)/qanchor features materialize --repo $(DEMO_DIR)/feature_store
 	$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1
 	$(BIN)/qanchor data rates $(DEMO_DIR)/raw
+	rm -rf runs/pretrain-tiny
+	$(BIN)/qanchor pretrain --config configs/pretrain_tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -42,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/feature_fetch.py
 
 clean:
-	rm -rf $(VENV) data reports mlruns.db mlartifacts
+	rm -rf $(VENV) data reports runs mlruns.db mlartifacts

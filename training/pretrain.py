@@ -42,6 +42,8 @@ class DataSettings(_Config):
     future_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     max_train_examples: int | None = Field(default=None, gt=0)
     val_examples: int = Field(default=256, gt=0)
+    #: Held-out retrieval is scored within batches of this many candidates (chance = 1 / size).
+    eval_batch_size: int = Field(default=32, ge=2)
     #: Modalities the model reads; default all of the feature repository's spec.
     modalities: list[str] | None = None
 
@@ -299,7 +301,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
                 _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
         if d.main:
-            eval_batch = min(32, len(val))
+            eval_batch = min(cfg.data.eval_batch_size, len(val))
             accuracy = evaluate_retrieval(model, val, eval_batch, d.device)
             tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": 1 / eval_batch})
             final = model.save_pretrained(Path(cfg.output_dir) / "final")

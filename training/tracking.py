@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
@@ -42,6 +43,8 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
         parent = db.parent if str(db.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise TrackingError(f"tracking URI {uri}: directory {parent} does not exist or is not writable")
+        # Artifacts beside the database, not in whatever directory the command happens to run in.
+        artifact_location = artifact_location or (parent.resolve() / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(name)
@@ -117,4 +120,5 @@ def download_model(name: str, alias_or_version: str) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(ref, dst_path=tempfile.mkdtemp(prefix="qanchor-")))
     except MlflowException as err:
         raise TrackingError(f"cannot resolve {ref}: {err.message}") from None
-    return local / "artifacts" / MODEL_ARTIFACT
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    return local / flavor["artifacts"][MODEL_ARTIFACT]["path"]

@@ -25,6 +25,20 @@ from qanchor.model.config import ModelSettings
 from qanchor.model.text_encoder import TextEmbeddingCache
 
 
+class Projection(nn.Module):
+    """Hidden state -> embedding: an MLP plus a linear skip. The skip keeps the map injective
+    when the MLP's units saturate, which otherwise lets early contrastive training collapse
+    every embedding onto one point (loss stuck at log of the candidate count)."""
+
+    def __init__(self, hidden: int, out: int):
+        super().__init__()
+        self.skip = nn.Linear(hidden, out)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.mlp(x)
+
+
 def _adapter(hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
@@ -79,7 +93,7 @@ class QAnchorModel(nn.Module):
         self.lm = backbone.lm
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden)
-        self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, settings.embed_dim))
+        self.projection = Projection(hidden, settings.embed_dim)
         ids = backbone.token_ids
         self.register_buffer("_type_ids", torch.tensor([ids[USER_TOKEN], *(ids[modality_token(m)] for m in spec.names),
                                                         ids[QUERY_TOKEN], ids[EMB_TOKEN]]), persistent=False)
@@ -169,10 +183,12 @@ class QAnchorModel(nn.Module):
             return embedding, None
         width = packed.answer_ids.shape[1]
         # The hidden state at <USER_EMB> + t predicts answer token t (causal: the embedding never sees it).
-        gather = (packed.emb_index.unsqueeze(1) + torch.arange(width, device=hidden.device)).clamp(max=hidden.shape[1] - 1)
-        answer_hidden = hidden[rows.unsqueeze(1), gather]
+        # Only real answer positions go through the LM head: it is the costliest matmul on a large vocabulary.
+        valid = packed.answer_ids != -100
+        positions = packed.emb_index.unsqueeze(1) + torch.arange(width, device=hidden.device)
+        answer_hidden = hidden[rows.unsqueeze(1).expand(-1, width)[valid], positions[valid]]
         logits = self.lm.get_output_embeddings()(answer_hidden).float()
-        ntp = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), packed.answer_ids.reshape(-1), ignore_index=-100)
+        ntp = F.cross_entropy(logits, packed.answer_ids[valid])
         return embedding, ntp
 
     def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
