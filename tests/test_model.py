@@ -27,22 +27,27 @@ def tiny(spec):
 def test_user_prefix_hidden_states_do_not_depend_on_the_query(tiny, users):
     net = tiny.network.eval()
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
-    (prefix,) = net.prefix_embeddings(batch, tiny.cache.table())
+    prefix = net.prefix_embeddings(batch, tiny.cache.table())
     queries = ["will this user repay a loan late?", "does this user like travel deals and hotels in Sanya?"]
-    packed = net.pack([prefix, prefix], net.suffix_ids(queries))
+    packed = net.pack(prefix.repeat(2), net.suffix_ids(queries))
     with torch.no_grad():
         hidden = net.hidden_states(packed)
-    n = prefix.shape[0]
+    n = prefix.host_lengths[0]
     assert torch.equal(hidden[0, :n], hidden[1, :n])
     assert not torch.allclose(hidden[0, packed.emb_index[0]], hidden[1, packed.emb_index[1]])
 
 
 def test_prefix_layout_is_user_then_present_modalities_then_events(tiny, users):
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
-    (prefix,) = tiny.network.prefix_embeddings(batch, tiny.cache.table())
+    prefix = tiny.network.prefix_embeddings(batch, tiny.cache.table())
     present = [name for name in tiny.spec.names if batch[name].mask[0].any()]
     events = sum(int(batch[name].mask[0].sum()) for name in tiny.spec.names)
-    assert prefix.shape == (1 + len(present) + events, tiny.network.backbone.hidden_size)
+    assert prefix.host_lengths == [1 + len(present) + events]
+    user, mods, _ = tiny.network.user_encoder(batch, tiny.cache.table())
+    types = tiny.network._token_embeddings(tiny.network._type_ids)
+    assert torch.allclose(prefix.tokens[0, 0], user[0] + types[0])
+    first_mod = tiny.spec.names.index(present[0])
+    assert torch.allclose(prefix.tokens[0, 1], mods[0, first_mod] + types[1 + first_mod])
 
 
 def test_embeddings_are_normalised_and_query_specific(tiny, users):

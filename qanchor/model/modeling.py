@@ -76,12 +76,27 @@ class HierarchicalUserEncoder(nn.Module):
 
 
 @dataclass
+class Prefixes:
+    """User prefixes, one row per user: valid tokens first (in layout order), then filler."""
+
+    tokens: torch.Tensor      # [B, P, H]
+    lengths: torch.Tensor     # [B] valid tokens per row (device)
+    host_lengths: list[int]   # the same, on the host: sizes the packed batch without a sync
+
+    def repeat(self, n: int) -> Prefixes:
+        """Each row `n` times in a row: one user, several queries."""
+        return Prefixes(self.tokens.repeat_interleave(n, dim=0), self.lengths.repeat_interleave(n),
+                        [length for length in self.host_lengths for _ in range(n)])
+
+
+@dataclass
 class PackedSequences:
     embeds: torch.Tensor       # [R, L, H]
     attention_mask: torch.Tensor  # [R, L]
     emb_index: torch.Tensor    # [R] position of <USER_EMB>
     prefix_lengths: torch.Tensor  # [R]
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
+    padded: bool = True        # False when every row has the same length (no mask needed)
 
 
 class QAnchorModel(nn.Module):
@@ -106,22 +121,26 @@ class QAnchorModel(nn.Module):
     def _token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
 
-    def prefix_embeddings(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> list[torch.Tensor]:
-        """Per user, the packed prefix [L_u, H]: user, present modalities, their events."""
+    def prefix_embeddings(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> Prefixes:
+        """Per user, `[USER] [present modalities] [their events]`, packed to the left of the row.
+
+        Vectorised: every candidate token is laid out densely, then a stable sort on validity
+        moves each row's real tokens to the front in layout order; one host sync sizes the rows.
+        """
         user, mods, events = self.user_encoder(batch, text_table)
         types = self._token_embeddings(self._type_ids)
-        user = user + types[0]
-        mods = mods + types[1:1 + len(self.spec.names)]
-        rows = []
-        for b in range(user.shape[0]):
-            present = [i for i, name in enumerate(self.spec.names) if batch[name].mask[b].any()]
-            parts = [user[b:b + 1], mods[b, present]]
-            for i, name in enumerate(self.spec.names):
-                mask = batch[name].mask[b]
-                if mask.any():
-                    parts.append(events[i][b, mask] + types[1 + i])
-            rows.append(torch.cat(parts))
-        return rows
+        n_mod = len(self.spec.names)
+        candidates = [user.unsqueeze(1) + types[0], mods + types[1:1 + n_mod]]
+        present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
+        valid = [torch.ones_like(present[:, :1]), present]
+        for i, name in enumerate(self.spec.names):
+            candidates.append(events[i] + types[1 + i])
+            valid.append(batch[name].mask)
+        tokens, valid_mask = torch.cat(candidates, dim=1), torch.cat(valid, dim=1)
+        order = torch.sort((~valid_mask).to(torch.int8), dim=1, stable=True).indices
+        tokens = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        lengths = valid_mask.sum(1)
+        return Prefixes(tokens, lengths, lengths.tolist())
 
     def suffix_ids(self, queries: list[str]) -> list[torch.Tensor]:
         """`<QUERY> query tokens <USER_EMB>` per query (the soft prompt, if any, goes before these)."""
@@ -136,39 +155,40 @@ class QAnchorModel(nn.Module):
                       max_length=self.settings.max_answer_tokens - 1)["input_ids"]
         return [torch.tensor([*ids, self.backbone.eos_id]) for ids in encoded]
 
-    def pack(self, prefixes: list[torch.Tensor], suffixes: list[torch.Tensor], answers: list[torch.Tensor] | None = None,
+    def pack(self, prefixes: Prefixes, suffixes: list[torch.Tensor], answers: list[torch.Tensor] | None = None,
              soft_prompt: torch.Tensor | None = None) -> PackedSequences:
-        """Concatenate prefix | soft prompt | suffix (| answer) per row and right-pad."""
-        device = prefixes[0].device
-        rows, emb_index, answer_rows = [], [], []
-        for i, (prefix, suffix) in enumerate(zip(prefixes, suffixes)):
-            parts = [prefix]
-            if soft_prompt is not None:
-                parts.append(soft_prompt.to(prefix.dtype))
-            parts.append(self._token_embeddings(suffix.to(device)))
-            emb_index.append(sum(p.shape[0] for p in parts) - 1)
-            if answers is not None:
-                parts.append(self._token_embeddings(answers[i].to(device)))
-            rows.append(torch.cat(parts))
-        length = max(r.shape[0] for r in rows)
-        embeds = torch.zeros(len(rows), length, rows[0].shape[-1], dtype=rows[0].dtype, device=device)
-        mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-        for i, r in enumerate(rows):
-            embeds[i, :r.shape[0]] = r
-            mask[i, :r.shape[0]] = 1
-        packed = PackedSequences(embeds, mask, torch.tensor(emb_index, device=device),
-                                 torch.tensor([p.shape[0] for p in prefixes], device=device))
+        """Row r = prefix_r | soft prompt | suffix_r (| answer_r), right-padded; built with one scatter."""
+        device = prefixes.tokens.device
+        rows = len(suffixes)
+        tails = [torch.cat([s, answers[i]]) if answers is not None else s for i, s in enumerate(suffixes)]
+        tail_lengths = [t.shape[0] for t in tails]
+        tail_ids = torch.nn.utils.rnn.pad_sequence(tails, batch_first=True, padding_value=self.backbone.pad_id).to(device)
+        tail = self._token_embeddings(tail_ids)
+        k = 0
+        if soft_prompt is not None:
+            k = soft_prompt.shape[0]
+            tail = torch.cat([soft_prompt.to(tail.dtype).unsqueeze(0).expand(rows, -1, -1), tail], dim=1)
+        totals = [p + k + t for p, t in zip(prefixes.host_lengths, tail_lengths)]
+        length = max(totals)
+        width = max(length, prefixes.tokens.shape[1]) + tail.shape[1]
+        embeds = torch.zeros(rows, width, tail.shape[-1], dtype=tail.dtype, device=device)
+        embeds[:, :prefixes.tokens.shape[1]] = prefixes.tokens.to(tail.dtype)
+        index = prefixes.lengths.unsqueeze(1) + torch.arange(tail.shape[1], device=device)
+        embeds = embeds.scatter(1, index.unsqueeze(-1).expand(-1, -1, tail.shape[-1]), tail)[:, :length]
+        total = torch.tensor(totals, device=device)
+        mask = (torch.arange(length, device=device) < total.unsqueeze(1)).long()
+        suffix_lengths = torch.tensor([s.shape[0] for s in suffixes], device=device)
+        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, prefixes.lengths,
+                                 padded=min(totals) != length)
         if answers is not None:
-            width = max(a.shape[0] for a in answers)
-            packed.answer_ids = torch.full((len(answers), width), -100, dtype=torch.long, device=device)
-            for i, a in enumerate(answers):
-                packed.answer_ids[i, :a.shape[0]] = a.to(device)
+            packed.answer_ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=-100).to(device)
         return packed
 
     def hidden_states(self, packed: PackedSequences) -> torch.Tensor:
         positions = torch.arange(packed.embeds.shape[1], device=packed.embeds.device).expand(packed.embeds.shape[0], -1)
-        out = self.decoder(inputs_embeds=packed.embeds, attention_mask=packed.attention_mask, position_ids=positions,
-                           use_cache=False)
+        # Without padding, no mask: SDPA then takes its causal fast path (flash attention).
+        mask = packed.attention_mask if packed.padded else None
+        out = self.decoder(inputs_embeds=packed.embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -200,7 +220,8 @@ class QAnchorModel(nn.Module):
         for i, a in enumerate(answers):
             ids[i, :a.shape[0]] = a.to(device)
             mask[i, :a.shape[0]] = 1
-        hidden = self.decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        padded = len({a.shape[0] for a in answers}) > 1
+        hidden = self.decoder(input_ids=ids, attention_mask=mask if padded else None, use_cache=False).last_hidden_state
         last = mask.sum(1) - 1
         return self.project(hidden[torch.arange(len(answers), device=device), last])
 

@@ -108,8 +108,7 @@ class QAnchor:
             chunk = users[start:start + per_chunk]
             batch = {k: v.to(self.device) for k, v in collate_users(chunk, [ref] * len(chunk), self.spec, self.cache).items()}
             prefixes = self.network.prefix_embeddings(batch, self.cache.table().to(self.device))
-            rows = [p for p in prefixes for _ in queries]
-            packed = self.network.pack(rows, suffixes * len(chunk))
+            packed = self.network.pack(prefixes.repeat(len(queries)), suffixes * len(chunk))
             vectors, _ = self.network.anchor_forward(packed)
             out[start:start + len(chunk)] = vectors.reshape(len(chunk), len(queries), -1).cpu().numpy()
         return out
