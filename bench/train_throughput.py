@@ -158,12 +158,13 @@ def main() -> None:
         return
     variants = [("eager", None)]
     if args.compile:
-        variants.append(("compiled", torch.compile(decoder, dynamic=False, mode=args.compile_mode)))
+        variants.append(("compiled", dict(dynamic=False, mode=args.compile_mode)))
     rows = []
     for label, compiled in variants:
         if compiled is not None:
-            net.lm.model = compiled  # get_decoder() and lm(...) now run the compiled body
-            decoder = compiled
+            net.compile_decoder(**compiled)  # both Q-Anchor towers
+            decoder = net.decoder            # the bare step too
+            net.lm.model = decoder           # and the HF causal-LM baseline
         steps = [("bare_backbone", bare_step, args.batch), ("qanchor_step", qanchor_step, args.batch)]
         if hf_batch:
             steps.insert(0, ("hf_causal_lm", hf_step, hf_batch))

@@ -115,8 +115,16 @@ class QAnchorModel(nn.Module):
 
     @property
     def decoder(self) -> nn.Module:
-        """The transformer body without the LM head (hidden states only)."""
-        return self.lm.get_decoder()
+        """The transformer body without the LM head (hidden states only); compiled if `compile_decoder` ran."""
+        compiled = self.__dict__.get("_compiled_decoder")
+        return compiled if compiled is not None else self.lm.get_decoder()
+
+    def compile_decoder(self, **options) -> None:
+        """Run both towers' decoder passes through `torch.compile` (weights stay shared with `lm`).
+
+        Kept outside the module tree, so state dicts and checkpoints are unchanged.
+        """
+        self.__dict__["_compiled_decoder"] = torch.compile(self.lm.get_decoder(), **options)
 
     def _token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm.get_input_embeddings()(ids)
