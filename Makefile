@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1
 	$(BIN)/qanchor data rates $(DEMO_DIR)/raw
 	rm -rf runs/pretrain-tiny
-	$(BIN)/qanchor pretrain --config configs/pretrain_tiny.yaml
+	$(BIN)/qanchor pretrain --config training/configs/pretrain_tiny.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -13,7 +13,7 @@ from training.tracking import BACKBONE_MODEL, TrackingError, promote as set_alia
 
 @click.command("pretrain")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Pretraining config YAML (see configs/pretrain_tiny.yaml).")
+              help="Pretraining config YAML (see training/configs/pretrain_tiny.yaml).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the config's output_dir.")
 def pretrain(config_path: Path, resume: bool) -> None:
     """Pretrain the Q-Anchor backbone (contrastive + NTP), log to MLflow and register it as challenger.
