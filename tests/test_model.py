@@ -85,3 +85,16 @@ def test_smollm2_preset_loads_from_the_pypi_gguf_and_runs_with_user_tokens(spec,
     assert model.network.backbone.hidden_size == 576
     vectors = model.embed(users[:1], ["will this user repay late?"], reference_time=REF)
     assert vectors.shape == (1, 1, 128) and torch.isfinite(torch.from_numpy(vectors)).all()
+
+
+def test_lora_trains_adapters_and_new_tokens_only_and_round_trips(spec, users, tmp_path):
+    from qanchor.model import LoraSettings
+
+    settings = ModelSettings(backbone=BackboneSettings(name="tiny", lora=LoraSettings(r=4, alpha=8)))
+    model = QAnchor.build(spec, settings, seed=0)
+    trainable = {n for n, p in model.network.lm.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "embed_tokens" in n for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+    before = model.embed(users[:2], ["repay late?"], reference_time=REF)
+    loaded = QAnchor.from_pretrained(model.save_pretrained(tmp_path / "lora"))
+    assert abs(loaded.embed(users[:2], ["repay late?"], reference_time=REF) - before).max() < 1e-6

@@ -158,3 +158,25 @@ def test_bad_config_fails_before_training_and_registers_nothing(tmp_path, datase
     assert not (tmp_path / "run" / "final").exists()
     if (tmp_path / "mlruns.db").exists():
         assert _registered_versions(f"sqlite:///{tmp_path}/mlruns.db") == 0
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_two_cpu_processes_registers_once(tmp_path, dataset, sqlite_store):
+    """`torchrun --nproc-per-node 2 -m qanchor pretrain` with gloo: both ranks train, rank 0 alone
+    logs and registers (a GPU cluster cannot exist here; the collective path is the same)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "log_every": 2})
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "qanchor", "pretrain",
+                             "--config", str(path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(cfg.tracking.uri)
+    assert _registered_versions(cfg.tracking.uri) == 1
+    (run,) = client.search_runs([client.get_experiment_by_name("qanchor-pretrain").experiment_id])
+    assert run.data.params["world_size"] == "2"

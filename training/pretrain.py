@@ -296,7 +296,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             tokens_since += losses["tokens"].item() * d.world
             if d.main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.steps):
                 elapsed = time.perf_counter() - tick
-                metrics = {k: float(v) for k, v in losses.items() if k != "tokens"}
+                metrics = {k: float(v.detach()) for k, v in losses.items() if k != "tokens"}
                 metrics["tokens_per_s"] = tokens_since / elapsed
                 metrics["lr"] = scheduler.get_last_lr()[0]
                 tracking.mlflow.log_metrics(metrics, step=step + 1)
