@@ -60,6 +60,9 @@ class OptimSettings(_Config):
     #: torch.compile the decoder (both towers). Default: on for CUDA, where the full step ran at
     #: 109.8k tokens/s compiled vs 70.4k eager (H100, paper shape, batch 32; docs/benchmarks.md).
     compile: bool | None = None
+    #: torch.compile mode; "reduce-overhead" (CUDA graphs) reached 0.83x the bare backbone in the
+    #: bench, but re-captures for every new sequence length, so it pays only with fixed shapes.
+    compile_mode: str = "default"
 
 
 class TrackingSettings(_Config):
@@ -249,7 +252,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     optimizer = _optimizer(model, cfg.optim, fused=d.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
     if cfg.optim.compile if cfg.optim.compile is not None else d.device.type == "cuda":
-        model.network.compile_decoder()
+        model.network.compile_decoder(mode=cfg.optim.compile_mode)
     network = model.network
     if d.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(model.network, find_unused_parameters=True)
