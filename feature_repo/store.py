@@ -108,6 +108,12 @@ class UserFeatureStore:
                 f"before {self.settings.as_of}, profile `updated_at`); move those rows later or re-import")
         return rows
 
+    def known_users(self) -> set[str]:
+        """Every user with a profile row in the offline sources (who can be labelled and served)."""
+        from feature_repo.objects import PROFILE_VIEW
+
+        return set(pd.read_parquet(self.settings.data / PROFILE_VIEW, columns=["user_id"])["user_id"])
+
     def online_rows(self, user_ids: list[str]) -> list[dict]:
         """Flat rows (`<view>__<feature>` keys) for each user, in order; unknown users get all-None."""
         if not user_ids:
