@@ -1,0 +1,78 @@
+"""Scenario soft prompts and class prototypes (the per-scenario part of Q-Anchor).
+
+A scenario adds k learnable vectors after the user prefix and before the query, so the prefix
+(and its KV cache) stays shared across scenarios, and a set of class prototypes in embedding
+space. Prototypes start from k-means on the scenario's labelled training embeddings, several
+per class, and are trained with a prototypical contrastive loss: an embedding is pulled towards
+its own class's prototypes and pushed from the others. Scores are softmax probabilities over
+classes, each class's evidence being the log-sum-exp of its prototypes' similarities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ScenarioPrompt(nn.Module):
+    """k soft-prompt vectors in the backbone's input space plus L2-normalised class prototypes."""
+
+    def __init__(self, tokens: int, hidden: int, prototypes: torch.Tensor, prototype_classes: torch.Tensor,
+                 init_scale: float = 0.02):
+        super().__init__()
+        if prototypes.shape[0] != prototype_classes.shape[0]:
+            raise ValueError("one class id per prototype")
+        self.prompt = nn.Parameter(torch.randn(tokens, hidden) * init_scale) if tokens else None
+        self.prototypes = nn.Parameter(F.normalize(prototypes.float(), dim=-1))
+        self.register_buffer("prototype_classes", prototype_classes.long())
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.prototype_classes.max()) + 1
+
+    def class_logits(self, embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+        """[N, C]: log-sum-exp over each class's prototypes of cosine similarity / temperature."""
+        sims = embeddings @ F.normalize(self.prototypes, dim=-1).T / temperature
+        out = torch.full((embeddings.shape[0], self.n_classes), float("-inf"), device=embeddings.device,
+                         dtype=sims.dtype)
+        for c in range(self.n_classes):
+            out[:, c] = torch.logsumexp(sims[:, self.prototype_classes == c], dim=1)
+        return out
+
+    def probabilities(self, embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+        return self.class_logits(embeddings, temperature).softmax(dim=-1)
+
+
+def prototypical_loss(prompt: ScenarioPrompt, embeddings: torch.Tensor, classes: torch.Tensor,
+                      temperature: float) -> torch.Tensor:
+    """-log P(own class) where a class's evidence sums over its prototypes (multi-positive InfoNCE)."""
+    return F.cross_entropy(prompt.class_logits(embeddings, temperature), classes)
+
+
+def kmeans_prototypes(embeddings: np.ndarray, classes: np.ndarray, per_class: int,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` k-means centroids of each class's embeddings (fewer if a class has fewer points)."""
+    from sklearn.cluster import KMeans
+
+    centroids, owners = [], []
+    for c in np.unique(classes):
+        points = embeddings[classes == c]
+        k = max(1, min(per_class, len(points)))
+        fit = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(points)
+        centroids.append(fit.cluster_centers_)
+        owners.append(np.full(k, c))
+    return torch.from_numpy(np.concatenate(centroids)).float(), torch.from_numpy(np.concatenate(owners)).long()
+
+
+def ks_statistic(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Kolmogorov-Smirnov: max gap between the score CDFs of positives and negatives."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.all() or not labels.any():
+        raise ValueError("KS needs both positives and negatives")
+    thresholds = np.unique(scores)
+    pos = np.searchsorted(np.sort(scores[labels]), thresholds, side="right") / labels.sum()
+    neg = np.searchsorted(np.sort(scores[~labels]), thresholds, side="right") / (~labels).sum()
+    return float(np.max(np.abs(pos - neg)))
