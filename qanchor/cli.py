@@ -16,6 +16,7 @@ import click
 GROUP_HELP = {
     "data": "Generate, import and validate UserU data.",
     "features": "Manage the Feast feature repository: apply, materialize, read.",
+    "scenario": "Register, list, show and archive business scenarios.",
 }
 
 

@@ -8,7 +8,9 @@ from click.testing import CliRunner
 from qanchor.cli import cli
 
 COMMANDS = [[], ["data"], ["data", "generate"], ["data", "import"], ["data", "validate"], ["data", "rates"],
-            ["features"], ["features", "apply"], ["features", "materialize"], ["features", "show"]]
+            ["features"], ["features", "apply"], ["features", "materialize"], ["features", "show"],
+            ["pretrain"], ["promote"], ["scenario"], ["scenario", "register"], ["scenario", "list"], ["scenario", "show"],
+            ["scenario", "archive"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "qanchor")

@@ -8,6 +8,7 @@ import click
 
 from qanchor.model.backbone import BackboneError
 from training.pretrain import ConfigError, load_config, pretrain as run_pretrain
+from training import tracking
 from training.tracking import BACKBONE_MODEL, TrackingError, promote as set_alias, tracking_uri
 
 
@@ -43,3 +44,78 @@ def promote(version: str, alias: str, name: str) -> None:
     except TrackingError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"{name}@{alias} -> version {version}")
+
+
+@click.command("register")
+@click.option("--name", required=True, help="Scenario name (lowercase, digits, underscores).")
+@click.option("--query", required=True, help="The natural-language scenario query.")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Parquet of user_id, label[, label_time]; omit for a query-only (zero-shot) scenario.")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Feast repository the labelled users' features come from.")
+@click.option("--backbone", default="champion", show_default=True, help="Backbone alias or version to tune on.")
+@click.option("--tokens", type=click.IntRange(0, 64), default=6, show_default=True, help="Soft-prompt vectors.")
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Tuning steps (early stopping may end sooner).")
+def scenario_register(name: str, query: str, labels_path: Path | None, repo: Path, backbone: str, tokens: int,
+                      steps: int) -> None:
+    """Register a scenario: tuned soft prompt + prototypes with labels, query-only without."""
+    import pandas as pd
+
+    from feature_repo.store import UserFeatureStore
+    from training.scenario_labels import ScenarioLabelError
+    from training.scenario_registry import ScenarioError, register_scenario
+    from training.scenario_tuning import TuningSettings
+
+    try:
+        labels = pd.read_parquet(labels_path) if labels_path else None
+        result = register_scenario(name, query, UserFeatureStore(repo), labels, backbone,
+                                   TuningSettings(tokens=tokens, steps=steps))
+    except (ScenarioError, ScenarioLabelError, TrackingError) as err:
+        raise click.ClickException(str(err)) from None
+    kind = "query-only (zero-shot)" if result.zero_shot else "tuned"
+    auc = "" if result.zero_shot else (f"; val AUC {result.metrics['val_auc']:.3f} "
+                                       f"(query-only {result.metrics['query_only_val_auc']:.3f})")
+    click.echo(f"registered {kind} scenario {name} v{result.version} on backbone v{result.backbone_version}{auc}")
+
+
+@click.command("list")
+@click.option("--all", "include_archived", is_flag=True, help="Include archived versions.")
+def scenario_list(include_archived: bool) -> None:
+    """List registered scenarios."""
+    from training.scenario_registry import list_scenarios
+
+    tracking.mlflow.set_tracking_uri(tracking_uri())
+    for row in list_scenarios(include_archived):
+        flags = ("zero-shot" if row["zero_shot"] else "tuned") + (", archived" if row["archived"] else "")
+        click.echo(f"{row['name']:<24} v{row['version']:<4} backbone v{row['backbone_version']:<4} {flags:<18} {row['query']}")
+
+
+@click.command("show")
+@click.option("--name", required=True)
+@click.option("--version", default=None, help="Default: the newest unarchived version.")
+def scenario_show(name: str, version: str | None) -> None:
+    """Print a scenario version's definition and metrics as JSON."""
+    import json
+
+    from training.scenario_registry import ScenarioError, show_scenario
+
+    tracking.mlflow.set_tracking_uri(tracking_uri())
+    try:
+        click.echo(json.dumps(show_scenario(name, version), indent=2))
+    except ScenarioError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@click.command("archive")
+@click.option("--name", required=True)
+@click.option("--version", required=True)
+def scenario_archive(name: str, version: str) -> None:
+    """Archive a scenario version (kept for audit, no longer listed or served)."""
+    from training.scenario_registry import ScenarioError, archive_scenario
+
+    tracking.mlflow.set_tracking_uri(tracking_uri())
+    try:
+        archive_scenario(name, version)
+    except ScenarioError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"archived {name} v{version}")

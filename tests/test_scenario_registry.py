@@ -1,0 +1,93 @@
+"""Scenario registration in MLflow: tuned and query-only scenarios, listing, archiving, and
+bad requests that leave the registry untouched."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from qanchor.cli import cli
+from training.pretrain import PretrainConfig, pretrain
+from training.scenario_labels import ScenarioLabelError
+from training.scenario_registry import ScenarioError, list_scenarios, register_scenario, show_scenario
+from training.scenario_tuning import TuningSettings
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, dataset, sqlite_store):
+    """A tracking store with a (briefly) pretrained backbone registered as `challenger`."""
+    tmp = tmp_path_factory.mktemp("scenario_registry")
+    uri = f"sqlite:///{tmp}/mlruns.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        pretrain(PretrainConfig.model_validate({
+            "data": {"dataset": str(dataset), "feature_repo": str(sqlite_store.repo), "val_examples": 32,
+                     "eval_batch_size": 16},
+            "optim": {"steps": 2, "batch_size": 8, "warmup_steps": 1},
+            "tracking": {"uri": uri}, "output_dir": str(tmp / "run")}), progress=False)
+        yield uri
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="module")
+def travel_labels(dataset) -> pd.DataFrame:
+    events = pd.read_parquet(dataset / "events", columns=["user_id", "modality", "category"])
+    paid = set(events.query("modality == 'bill' and category == 'travel'")["user_id"])
+    users = pd.read_parquet(dataset / "profiles", columns=["user_id"])["user_id"]
+    return pd.DataFrame({"user_id": users, "label": users.isin(paid).astype(int)})
+
+
+def _versions(uri: str, name: str) -> int:
+    return len(MlflowClient(uri).search_model_versions(f"name='qanchor-scenario-{name}'"))
+
+
+def test_tuned_and_query_only_scenarios_are_registered_beside_their_backbone(registry, sqlite_store, travel_labels):
+    tuned = register_scenario("travel_buyers", "has this user paid for travel recently?", sqlite_store, travel_labels,
+                              backbone="challenger", settings=TuningSettings(tokens=2, steps=6, batch_size=16, eval_every=3))
+    zero = register_scenario("night_owls", "is this user active late at night?", sqlite_store, backbone="challenger")
+    assert not tuned.zero_shot and zero.zero_shot
+    assert {"val_auc", "val_ks", "query_only_val_auc"} <= set(tuned.metrics)
+    version = MlflowClient(registry).get_model_version("qanchor-scenario-travel_buyers", tuned.version)
+    assert version.tags["backbone_version"] == tuned.backbone_version == "1"
+    shown = show_scenario("travel_buyers")
+    assert shown["classes"] == ["0", "1"] and shown["tokens"] == 2
+    assert {r["name"] for r in list_scenarios()} == {"travel_buyers", "night_owls"}
+    assert show_scenario("night_owls")["zero_shot"] is True
+
+
+def test_archive_hides_a_version_from_the_list(registry, sqlite_store):
+    register_scenario("to_archive", "anything?", sqlite_store, backbone="challenger")
+    result = CliRunner().invoke(cli, ["scenario", "archive", "--name", "to_archive", "--version", "1"])
+    assert result.exit_code == 0, result.output
+    assert "to_archive" not in {r["name"] for r in list_scenarios()}
+    assert "to_archive" in {r["name"] for r in list_scenarios(include_archived=True)}
+
+
+@pytest.mark.parametrize(
+    ("name", "query", "error", "message"),
+    [
+        ("Bad Name", "q?", ScenarioError, "must match"),
+        ("ok_name", "", ScenarioError, "query must be"),
+    ],
+)
+def test_bad_requests_register_nothing(registry, sqlite_store, name, query, error, message):
+    with pytest.raises(error, match=message):
+        register_scenario(name, query, sqlite_store, backbone="challenger")
+    assert _versions(registry, "ok_name") == 0
+
+
+def test_bad_labels_register_nothing(registry, sqlite_store, travel_labels):
+    bad = pd.concat([travel_labels, travel_labels.head(2)])
+    with pytest.raises(ScenarioLabelError, match="appear more than once"):
+        register_scenario("dupes", "q?", sqlite_store, bad, backbone="challenger")
+    assert _versions(registry, "dupes") == 0
+
+
+def test_unknown_backbone_is_refused(registry, sqlite_store):
+    with pytest.raises(ScenarioError, match="no version or alias 'gold'"):
+        register_scenario("whatever", "q?", sqlite_store, backbone="gold")
