@@ -32,6 +32,13 @@ demo: $(STAMP)
 	$(BIN)/qanchor data rates $(DEMO_DIR)/raw
 	rm -rf runs/pretrain-tiny
 	$(BIN)/qanchor pretrain --config training/configs/pretrain_tiny.yaml
+	$(BIN)/qanchor data labels $(DEMO_DIR)/raw --task mkt_travel_booking --out $(DEMO_DIR)/labels/travel.parquet
+	$(BIN)/qanchor scenario register --name travel_booking --repo $(DEMO_DIR)/feature_store --backbone challenger \
+		--query "will this user book a flight or hotel in the next 30 days?" \
+		--labels $(DEMO_DIR)/labels/travel.parquet --steps 60
+	$(BIN)/qanchor scenario register --name night_activity --repo $(DEMO_DIR)/feature_store --backbone challenger \
+		--query "is this user active late at night?"
+	$(BIN)/qanchor scenario list
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
