@@ -10,6 +10,10 @@ classes, each class's evidence being the log-sum-exp of its prototypes' similari
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -76,3 +80,38 @@ def ks_statistic(labels: np.ndarray, scores: np.ndarray) -> float:
     pos = np.searchsorted(np.sort(scores[labels]), thresholds, side="right") / labels.sum()
     neg = np.searchsorted(np.sort(scores[~labels]), thresholds, side="right") / (~labels).sum()
     return float(np.max(np.abs(pos - neg)))
+
+
+class ScenarioMismatchError(ValueError):
+    """A scenario used with a backbone version other than the one it was tuned on."""
+
+
+@dataclass(frozen=True)
+class LoadedScenario:
+    """A registered scenario version, ready to embed and score with its backbone."""
+
+    name: str
+    query: str
+    zero_shot: bool
+    backbone_version: str
+    classes: tuple[str, ...]
+    temperature: float
+    prompt: ScenarioPrompt | None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> LoadedScenario:
+        """Read the `scenario/` artifact folder (scenario.json [+ prompt.safetensors])."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / "scenario.json").read_text())
+        prompt = None
+        if not meta["zero_shot"]:
+            tensors = load_file(str(folder / "prompt.safetensors"))
+            soft = tensors.get("prompt")
+            prompt = ScenarioPrompt(0 if soft is None else soft.shape[0], 1 if soft is None else soft.shape[1],
+                                    tensors["prototypes"], tensors["prototype_classes"])
+            if soft is not None:
+                prompt.prompt.data.copy_(soft)
+        return cls(meta["name"], meta["query"], meta["zero_shot"], str(meta["backbone_version"]),
+                   tuple(meta["classes"]), float(meta["temperature"]), prompt)

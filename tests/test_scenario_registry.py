@@ -91,3 +91,25 @@ def test_bad_labels_register_nothing(registry, sqlite_store, travel_labels):
 def test_unknown_backbone_is_refused(registry, sqlite_store):
     with pytest.raises(ScenarioError, match="no version or alias 'gold'"):
         register_scenario("whatever", "q?", sqlite_store, backbone="gold")
+
+
+def test_model_embeds_and_scores_with_a_registered_scenario(registry, sqlite_store, dataset, travel_labels):
+    from qanchor.model import QAnchor
+    from qanchor.scenario import ScenarioMismatchError
+
+    if "travel_buyers" not in {r["name"] for r in list_scenarios()}:
+        register_scenario("travel_buyers", "has this user paid for travel recently?", sqlite_store, travel_labels,
+                          backbone="challenger", settings=TuningSettings(tokens=2, steps=6, batch_size=16, eval_every=3))
+    model = QAnchor.from_registry("challenger")
+    assert model.registry_version == "1"
+    users = sqlite_store.online(pd.read_parquet(dataset / "profiles")["user_id"].head(3).tolist())
+    probabilities = model.score(users, "travel_buyers")
+    assert probabilities.shape == (3, 2)
+    assert abs(probabilities.sum(axis=1) - 1).max() < 1e-5
+    with_prompt = model.embed(users, scenario="travel_buyers")
+    plain = model.embed(users, ["has this user paid for travel recently?"])
+    assert with_prompt.shape == plain.shape == (3, 1, 128)
+    assert abs(with_prompt - plain).max() > 1e-4, "the soft prompt must change the embedding"
+    model.registry_version = "2"
+    with pytest.raises(ScenarioMismatchError, match="tuned on backbone v1"):
+        model.score(users, "travel_buyers")

@@ -134,6 +134,12 @@ def show_scenario(name: str, version: str | None = None) -> dict:
     return {**json.loads((local / "scenario.json").read_text()), "version": chosen["version"], "path": str(local)}
 
 
+def download_scenario(name: str, version: str | None = None) -> Path:
+    """Local `scenario/` folder of a registered scenario (`qanchor.registry` entry point)."""
+    tracking.mlflow.set_tracking_uri(tracking.tracking_uri())
+    return Path(show_scenario(name, version)["path"])
+
+
 def archive_scenario(name: str, version: str) -> None:
     """Hide a version from listing and serving; it stays in the registry for audit."""
     client = tracking.MlflowClient()

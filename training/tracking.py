@@ -112,13 +112,19 @@ def promote(version: str, name: str = BACKBONE_MODEL, alias: str = "champion") -
     client.set_registered_model_alias(name, alias, version)
 
 
-def download_model(name: str, alias_or_version: str) -> Path:
-    """Local directory of a registered Q-Anchor model (`qanchor.registry` entry point)."""
+def download_model(name: str, alias_or_version: str) -> tuple[Path, str]:
+    """Local directory and version number of a registered Q-Anchor model (`qanchor.registry` entry point)."""
     mlflow.set_tracking_uri(tracking_uri())
-    ref = f"models:/{name}/{alias_or_version}" if alias_or_version.isdigit() else f"models:/{name}@{alias_or_version}"
+    client = MlflowClient()
+    try:
+        version = str(client.get_model_version(name, alias_or_version).version if alias_or_version.isdigit()
+                      else client.get_model_version_by_alias(name, alias_or_version).version)
+    except MlflowException as err:
+        raise TrackingError(f"{name} has no version or alias {alias_or_version!r}: {err.message}") from None
+    ref = f"models:/{name}/{version}"
     try:
         local = Path(mlflow.artifacts.download_artifacts(ref, dst_path=tempfile.mkdtemp(prefix="qanchor-")))
     except MlflowException as err:
         raise TrackingError(f"cannot resolve {ref}: {err.message}") from None
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    return local / flavor["artifacts"][MODEL_ARTIFACT]["path"]
+    return local / flavor["artifacts"][MODEL_ARTIFACT]["path"], version

@@ -25,14 +25,17 @@ from qanchor.model.batch import collate_users
 from qanchor.model.config import ModelSettings
 from qanchor.model.modeling import QAnchorModel
 from qanchor.model.text_encoder import TextEmbeddingCache
+from qanchor.scenario import LoadedScenario, ScenarioMismatchError
 
 FORMAT_VERSION = 1
 
 
 class QAnchor:
-    def __init__(self, network: QAnchorModel, cache: TextEmbeddingCache):
+    def __init__(self, network: QAnchorModel, cache: TextEmbeddingCache, registry_version: str | None = None):
         self.network = network
         self.cache = cache
+        #: The `qanchor-backbone` version this model was loaded as; scenarios must match it.
+        self.registry_version = registry_version
 
     @property
     def spec(self) -> ModalitySpec:
@@ -89,14 +92,39 @@ class QAnchor:
         The registry lives behind the `qanchor.registry` entry point (MLflow, in `training`), so
         this core package never imports it.
         """
-        (loader,) = [ep for ep in entry_points(group="qanchor.registry") if ep.name == "download_model"]
-        return cls.from_pretrained(loader.load()(name, alias_or_version), device=device)
+        folder, version = _registry_hook("download_model")(name, alias_or_version)
+        model = cls.from_pretrained(folder, device=device)
+        model.registry_version = version
+        return model
+
+    def scenario(self, name: str, version: str | None = None) -> LoadedScenario:
+        """A registered scenario, refused unless it was tuned on this very backbone version."""
+        if self.registry_version is None:
+            raise ScenarioMismatchError("registered scenarios need a backbone loaded with QAnchor.from_registry")
+        loaded = LoadedScenario.from_folder(_registry_hook("download_scenario")(name, version))
+        if loaded.backbone_version != self.registry_version:
+            raise ScenarioMismatchError(f"scenario {name!r} was tuned on backbone v{loaded.backbone_version}, "
+                                        f"this model is v{self.registry_version}")
+        return loaded
 
     @torch.no_grad()
-    def embed(self, users: UserFeatures | list[UserFeatures], queries: list[str],
-              reference_time: int | None = None, batch_size: int = 32) -> np.ndarray:
-        """Embeddings [n_users, n_queries, embed_dim] (L2-normalised), one per (user, scenario query)."""
+    def embed(self, users: UserFeatures | list[UserFeatures], queries: list[str] | None = None,
+              reference_time: int | None = None, batch_size: int = 32,
+              scenario: str | LoadedScenario | None = None) -> np.ndarray:
+        """Embeddings [n_users, n_queries, embed_dim] (L2-normalised), one per (user, query).
+
+        With `scenario`, the query is the scenario's and its soft prompt sits between the user
+        prefix and the query: [n_users, 1, embed_dim].
+        """
         users = [users] if isinstance(users, UserFeatures) else list(users)
+        soft_prompt = None
+        if scenario is not None:
+            if queries:
+                raise ValueError("give either queries or a scenario, not both")
+            scenario = self.scenario(scenario) if isinstance(scenario, str) else scenario
+            queries = [scenario.query]
+            if scenario.prompt is not None and scenario.prompt.prompt is not None:
+                soft_prompt = scenario.prompt.prompt.to(self.device)
         if not queries:
             raise ValueError("give at least one query")
         ref = int(reference_time if reference_time is not None else time.time())
@@ -108,7 +136,23 @@ class QAnchor:
             chunk = users[start:start + per_chunk]
             batch = {k: v.to(self.device) for k, v in collate_users(chunk, [ref] * len(chunk), self.spec, self.cache).items()}
             prefixes = self.network.prefix_embeddings(batch, self.cache.table().to(self.device))
-            packed = self.network.pack(prefixes.repeat(len(queries)), suffixes * len(chunk))
+            packed = self.network.pack(prefixes.repeat(len(queries)), suffixes * len(chunk), soft_prompt=soft_prompt)
             vectors, _ = self.network.anchor_forward(packed)
             out[start:start + len(chunk)] = vectors.reshape(len(chunk), len(queries), -1).cpu().numpy()
         return out
+
+    def score(self, users: UserFeatures | list[UserFeatures], scenario: str | LoadedScenario,
+              reference_time: int | None = None) -> np.ndarray:
+        """Class probabilities [n_users, n_classes] from a tuned scenario's prototypes."""
+        scenario = self.scenario(scenario) if isinstance(scenario, str) else scenario
+        if scenario.prompt is None:
+            raise ValueError(f"scenario {scenario.name!r} is query-only: it has no prototypes to score with")
+        vectors = torch.from_numpy(self.embed(users, reference_time=reference_time, scenario=scenario)[:, 0])
+        with torch.no_grad():
+            return scenario.prompt.probabilities(vectors, scenario.temperature).numpy()
+
+
+def _registry_hook(name: str):
+    """A registry function from the `qanchor.registry` entry points (MLflow lives in `training`)."""
+    (ep,) = [ep for ep in entry_points(group="qanchor.registry") if ep.name == name]
+    return ep.load()
