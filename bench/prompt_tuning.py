@@ -44,12 +44,10 @@ def main() -> None:
     train_users = pd.read_parquet(args.dataset / "splits").query("split == 'train'")["user_id"]
     table = pd.read_parquet(args.dataset / "labels")
     table = table[table["user_id"].isin(train_users)].head(args.users)
-    as_of = pd.Timestamp(store.settings.as_of)
-    oldest = as_of - pd.Timedelta(days=max(store.settings.snapshot_days))
 
     def run(task, tokens: int) -> dict:
         raw = table[["user_id", "label_time", task.name]].rename(columns={task.name: "label"})
-        labels = validate_labels(raw, store.known_users(), oldest, as_of, pd.Timedelta(days=store.spec.window_days))
+        labels = validate_labels(raw, store.known_users(), *store.label_window())
         users, times = load_labelled_users(store, labels)
         start = time.perf_counter()
         result = tune(model, users, times, labels.frame["class_index"].to_numpy(), task.definition,

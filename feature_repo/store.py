@@ -114,6 +114,11 @@ class UserFeatureStore:
 
         return set(pd.read_parquet(self.settings.data / PROFILE_VIEW, columns=["user_id"])["user_id"])
 
+    def label_window(self) -> tuple[pd.Timestamp, pd.Timestamp, timedelta]:
+        """(oldest snapshot, newest snapshot, event-view TTL): when a label can find features."""
+        as_of = pd.Timestamp(self.settings.as_of)
+        return as_of - pd.Timedelta(days=max(self.settings.snapshot_days)), as_of, timedelta(days=self.spec.window_days)
+
     def online_rows(self, user_ids: list[str]) -> list[dict]:
         """Flat rows (`<view>__<feature>` keys) for each user, in order; unknown users get all-None."""
         if not user_ids:

@@ -165,7 +165,7 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
     net = model.network
     users = collate_users([e.features for e in batch], [e.reference_time for e in batch], net.spec, model.cache)
     users = {k: v.to(d.device) for k, v in users.items()}
-    anchor, answer, ntp, tokens = network(users, model.cache.table().to(d.device),
+    anchor, answer, ntp, tokens = network(users, model.cache.table(d.device),
                                           net.suffix_ids([e.query for e in batch]), net.answer_ids([e.answer for e in batch]))
     anchor_all, offset = gather_with_grad(anchor, d)
     answer_all, _ = gather_with_grad(answer, d)
@@ -177,17 +177,15 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
 
 
 @torch.no_grad()
-def evaluate_retrieval(model: QAnchor, examples: list[Example], batch_size: int, device: torch.device) -> float:
+def evaluate_retrieval(model: QAnchor, examples: list[Example], batch_size: int) -> float:
     """Held-out anchor->answer top-1 accuracy within batches of `batch_size` (chance = 1/batch_size)."""
     net = model.network
     net.eval()
     hits, total = 0.0, 0
     for start in range(0, len(examples) - batch_size + 1, batch_size):
         batch = examples[start:start + batch_size]
-        users = {k: v.to(device) for k, v in collate_users([e.features for e in batch], [e.reference_time for e in batch],
-                                                            net.spec, model.cache).items()}
-        prefixes = net.prefix_embeddings(users, model.cache.table().to(device))
-        anchor, _ = net.anchor_forward(net.pack(prefixes, net.suffix_ids([e.query for e in batch])))
+        anchor = model.anchor_embeddings([e.features for e in batch], [e.reference_time for e in batch],
+                                         [e.query for e in batch], paired=True)
         answer = net.semantic_forward(net.answer_ids([e.answer for e in batch]))
         hits += retrieval_accuracy(anchor, answer) * len(batch)
         total += len(batch)
@@ -310,7 +308,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                 _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
         if d.main:
             eval_batch = min(cfg.data.eval_batch_size, len(val))
-            accuracy = evaluate_retrieval(model, val, eval_batch, d.device)
+            accuracy = evaluate_retrieval(model, val, eval_batch)
             tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": 1 / eval_batch})
             final = model.save_pretrained(Path(cfg.output_dir) / "final")
             example = pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"], "reference_time": [0]})

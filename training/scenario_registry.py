@@ -70,10 +70,7 @@ def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd
     backbone_version = _backbone_version(backbone)
     validated = None
     if labels is not None:
-        settings_ttl = pd.Timedelta(days=store.spec.window_days)
-        as_of = pd.Timestamp(store.settings.as_of)
-        validated = validate_labels(labels, store.known_users(), as_of - pd.Timedelta(days=max(store.settings.snapshot_days)),
-                                    as_of, settings_ttl, min_per_class=min_per_class)
+        validated = validate_labels(labels, store.known_users(), *store.label_window(), min_per_class=min_per_class)
     experiment_id = tracking.open_experiment(tracking.tracking_uri(), PREFIX + name)
     model = QAnchor.from_registry(backbone_version)
     meta: dict = {"name": name, "query": query, "zero_shot": validated is None, "backbone_version": backbone_version,

@@ -22,7 +22,6 @@ from sklearn.model_selection import train_test_split
 from feature_repo.store import UserFeatureStore
 from qanchor.features import UserFeatures
 from qanchor.model import QAnchor
-from qanchor.model.batch import collate_users
 from qanchor.scenario import ScenarioPrompt, kmeans_prototypes, ks_statistic, prototypical_loss
 from training.scenario_labels import ScenarioLabels
 
@@ -51,16 +50,8 @@ class TuningResult:
 
 def _embed(model: QAnchor, users: list[UserFeatures], times: list[int], query: str, prompt: torch.Tensor | None,
            batch_size: int = 64) -> torch.Tensor:
-    net = model.network
-    suffix = net.suffix_ids([query])
-    out = []
-    for start in range(0, len(users), batch_size):
-        chunk = slice(start, start + batch_size)
-        batch = {k: v.to(model.device) for k, v in collate_users(users[chunk], times[chunk], net.spec, model.cache).items()}
-        prefixes = net.prefix_embeddings(batch, model.cache.table().to(model.device))
-        vectors, _ = net.anchor_forward(net.pack(prefixes, suffix * len(users[chunk]), soft_prompt=prompt))
-        out.append(vectors)
-    return torch.cat(out)
+    return torch.cat([model.anchor_embeddings(users[i:i + batch_size], times[i:i + batch_size], [query], prompt)
+                      for i in range(0, len(users), batch_size)])
 
 
 def _scores(prompt: ScenarioPrompt, embeddings: torch.Tensor, temperature: float) -> np.ndarray:

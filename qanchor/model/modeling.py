@@ -94,7 +94,6 @@ class PackedSequences:
     embeds: torch.Tensor       # [R, L, H]
     attention_mask: torch.Tensor  # [R, L]
     emb_index: torch.Tensor    # [R] position of <USER_EMB>
-    prefix_lengths: torch.Tensor  # [R]
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
     padded: bool = True        # False when every row has the same length (no mask needed)
 
@@ -186,8 +185,7 @@ class QAnchorModel(nn.Module):
         total = torch.tensor(totals, device=device)
         mask = (torch.arange(length, device=device) < total.unsqueeze(1)).long()
         suffix_lengths = torch.tensor([s.shape[0] for s in suffixes], device=device)
-        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, prefixes.lengths,
-                                 padded=min(totals) != length)
+        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, padded=min(totals) != length)
         if answers is not None:
             packed.answer_ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=-100).to(device)
         return packed

@@ -130,16 +130,28 @@ class QAnchor:
         ref = int(reference_time if reference_time is not None else time.time())
         self.network.eval()
         out = np.zeros((len(users), len(queries), self.settings.embed_dim), dtype=np.float32)
-        suffixes = self.network.suffix_ids(queries)
         per_chunk = max(1, batch_size // len(queries))
         for start in range(0, len(users), per_chunk):
             chunk = users[start:start + per_chunk]
-            batch = {k: v.to(self.device) for k, v in collate_users(chunk, [ref] * len(chunk), self.spec, self.cache).items()}
-            prefixes = self.network.prefix_embeddings(batch, self.cache.table().to(self.device))
-            packed = self.network.pack(prefixes.repeat(len(queries)), suffixes * len(chunk), soft_prompt=soft_prompt)
-            vectors, _ = self.network.anchor_forward(packed)
+            vectors = self.anchor_embeddings(chunk, [ref] * len(chunk), queries, soft_prompt=soft_prompt)
             out[start:start + len(chunk)] = vectors.reshape(len(chunk), len(queries), -1).cpu().numpy()
         return out
+
+    def anchor_embeddings(self, users: list[UserFeatures], reference_times: list[int], queries: list[str],
+                          soft_prompt: torch.Tensor | None = None, paired: bool = False) -> torch.Tensor:
+        """Anchor-tower embeddings, differentiable (callers choose no_grad).
+
+        `paired=False`: every user with every query, each prefix encoded once, rows user-major
+        [n_users * n_queries, D]. `paired=True`: `queries[i]` belongs to `users[i]`, [n_users, D].
+        """
+        net = self.network
+        batch = {k: v.to(self.device) for k, v in collate_users(users, reference_times, self.spec, self.cache).items()}
+        prefixes = net.prefix_embeddings(batch, self.cache.table(self.device))
+        suffixes = net.suffix_ids(queries)
+        if not paired:
+            prefixes, suffixes = prefixes.repeat(len(queries)), suffixes * len(users)
+        vectors, _ = net.anchor_forward(net.pack(prefixes, suffixes, soft_prompt=soft_prompt))
+        return vectors
 
     def score(self, users: UserFeatures | list[UserFeatures], scenario: str | LoadedScenario,
               reference_time: int | None = None) -> np.ndarray:

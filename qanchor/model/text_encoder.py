@@ -42,6 +42,7 @@ class TextEmbeddingCache:
         self._batch_size = batch_size
         self._index: dict[str, int] = {"": 0}
         self._rows: list[np.ndarray] = [np.zeros((1, self.dim), dtype=np.float32)]  # row 0: padding
+        self._on_device: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self._index)
@@ -68,8 +69,15 @@ class TextEmbeddingCache:
                 self._index[k] = len(self._index)
         return [self._index[k] for k in keys]
 
-    def table(self) -> torch.Tensor:
-        """All embeddings so far, [len(self), 384]; row 0 is the zero padding vector."""
+    def table(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """All embeddings so far, [len(self), 384], on `device`; row 0 is the zero padding vector.
+
+        The device copy is kept and only refreshed when new texts arrived, so a training step
+        that meets no new text moves nothing to the accelerator.
+        """
         if len(self._rows) > 1:
             self._rows = [np.concatenate(self._rows)]
-        return torch.from_numpy(self._rows[0])
+        cached = self._on_device
+        if cached is None or cached.shape[0] != len(self) or cached.device != torch.device(device):
+            self._on_device = torch.from_numpy(self._rows[0]).to(device)
+        return self._on_device
