@@ -12,7 +12,11 @@ each eager and, with --compile, with the decoder under torch.compile.
 
 MFU = 6 x non-embedding parameters x tokens/s / peak (989 TFLOP/s dense bf16 for H100/H200 SXM).
 
-    python bench/train_throughput.py [--batch 32] [--steps 20] [--compile]
+    python bench/train_throughput.py [--batch 32] [--steps 20] [--compile] [--sdpa cudnn]
+    torchrun --nproc-per-node 2 bench/train_throughput.py --compile --skip-eager   # DDP scaling
+
+Under torchrun each rank also times its steps alone (no communication) in the same run, so the
+DDP rows carry a scaling efficiency = per-GPU tokens/s under DDP / per-GPU tokens/s alone.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +39,8 @@ from qanchor.modality_spec import load_spec  # noqa: E402
 from qanchor.model.backbone import EMB_TOKEN, QUERY_TOKEN, USER_TOKEN, Backbone, modality_token, paper_shape_config  # noqa: E402
 from qanchor.model.batch import TIME_FEATURES, ModalityBatch, numeric_width  # noqa: E402
 from qanchor.model.config import ModelSettings  # noqa: E402
-from qanchor.model.modeling import QAnchorModel  # noqa: E402
+from qanchor.model.modeling import QAnchorModel, round_up  # noqa: E402
+from training.distributed import gather_with_grad, init_distributed  # noqa: E402
 
 PEAK_TFLOPS = 989.0
 #: Events per modality so the prefix is ~720 tokens (1 user + 6 modality tokens + 713 events).
@@ -101,19 +107,35 @@ def _time(step, steps: int, warmup: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def _sdpa_backend(name: str) -> None:
+    """Pick SDPA's kernel globally (a context manager would break the compiled graph)."""
+    if name == "cudnn":
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(True)
+    elif name == "flash":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=32, help="Rows per GPU.")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--skip-eager", action="store_true", help="With --compile, time the compiled variant only.")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode (default, max-autotune-no-cudagraphs, ...)")
+    parser.add_argument("--sdpa", choices=["default", "flash", "cudnn"], default="default", help="SDPA kernel.")
     parser.add_argument("--hf-batch", type=int, default=None, help="Batch of the HF baseline (its full-vocab logits "
                         "need the most memory); 0 skips it. Default: --batch.")
-    parser.add_argument("--profile", action="store_true", help="Print the Q-Anchor step's top CUDA ops and stop.")
+    parser.add_argument("--profile", choices=["bare", "qanchor"], default=None,
+                        help="Print that step's top CUDA ops and stop.")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    d = init_distributed()  # under torchrun: one process per GPU, NCCL
+    device = d.device if d.device.type == "cuda" else torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
+    _sdpa_backend(args.sdpa)
     net = build(device).train()
     decoder = net.decoder
     non_embedding = sum(p.numel() for n, p in net.lm.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
@@ -122,8 +144,16 @@ def main() -> None:
         seq_len = net.pack(net.prefix_embeddings(users, table), suffixes, answers).embeds.shape[1]
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5, fused=True)
     ids = torch.randint(0, net.backbone.tokenizer.vocab_size - 20, (args.batch, seq_len), device=device)
-    hf_batch = args.batch if args.hf_batch is None else args.hf_batch
+    hf_batch = 0 if d.world > 1 else args.batch if args.hf_batch is None else args.hf_batch
     hf_ids = ids[:hf_batch]
+    wrapped: dict[str, torch.nn.Module] = {}
+
+    def bucketed_ids() -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled towers pad rows to a length bucket; the bare step runs the same width.
+        Throughput counts real tokens only (seq_len per row) in every step."""
+        width = round_up(seq_len, net.pad_to_multiple)
+        bucketed = torch.randint(0, net.backbone.tokenizer.vocab_size - 20, (args.batch, width), device=device)
+        return bucketed, bucketed[:hf_batch]
 
     def hf_step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -132,17 +162,23 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def bare_step() -> None:
+    def bare_step(ddp: bool = False) -> None:
+        body = wrapped["decoder"] if ddp else decoder
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
+            hidden = body(input_ids=ids, use_cache=False).last_hidden_state
         hidden.float().pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def qanchor_step() -> None:
+    def qanchor_step(ddp: bool = False) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            anchor, answer, ntp, _ = net(users, table, suffixes, answers)
-            loss = contrastive_loss(anchor, answer, 0.05, 0.1) + ntp
+            anchor, answer, ntp, _ = (wrapped["net"] if ddp else net)(users, table, suffixes, answers)
+            if ddp:  # negatives from every rank, as `qanchor pretrain` does
+                anchor_all, offset = gather_with_grad(anchor, d)
+                answer_all, _ = gather_with_grad(answer, d)
+                loss = contrastive_loss(anchor, answer, 0.05, 0.1, anchor_all, answer_all, offset) + ntp
+            else:
+                loss = contrastive_loss(anchor, answer, 0.05, 0.1) + ntp
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -150,13 +186,17 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        _time(qanchor_step, 2, args.warmup)
+        if args.compile:
+            net.compile_decoder(dynamic=False, mode=args.compile_mode)
+            decoder = net.decoder
+            ids, hf_ids = bucketed_ids()
+        step = bare_step if args.profile == "bare" else qanchor_step
+        _time(step, 2, args.warmup)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            _time(qanchor_step, 3, 0)
+            _time(step, 3, 0)
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
-        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
         return
-    variants = [("eager", None)]
+    variants = [] if args.compile and args.skip_eager else [("eager", None)]
     if args.compile:
         variants.append(("compiled", dict(dynamic=False, mode=args.compile_mode)))
     rows = []
@@ -165,21 +205,41 @@ def main() -> None:
             net.compile_decoder(**compiled)  # both Q-Anchor towers
             decoder = net.decoder            # the bare step too
             net.lm.model = decoder           # and the HF causal-LM baseline
+            ids, hf_ids = bucketed_ids()
         steps = [("bare_backbone", bare_step, args.batch), ("qanchor_step", qanchor_step, args.batch)]
         if hf_batch:
             steps.insert(0, ("hf_causal_lm", hf_step, hf_batch))
+        if d.world > 1:
+            # Same processes, same per-GPU batch: each rank alone (no communication) is the
+            # baseline, DDP (gradient all-reduce + gathered negatives) is what scales.
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            wrapped["decoder"] = DDP(decoder, device_ids=[device.index])
+            wrapped["net"] = DDP(net, device_ids=[device.index], find_unused_parameters=True)
+            steps += [("bare_backbone_ddp", partial(bare_step, ddp=True), args.batch),
+                      ("qanchor_step_ddp", partial(qanchor_step, ddp=True), args.batch)]
         for name, step, batch in steps:
             seconds = _time(step, args.steps, args.warmup)
             tps = batch * seq_len / seconds
-            rows.append({"variant": label, "step": name, "batch": batch, "seq_len": seq_len,
-                         "ms_per_step": seconds * 1000, "tokens_per_s": tps,
+            rows.append({"variant": label, "step": name, "gpus": d.world, "batch_per_gpu": batch, "seq_len": seq_len,
+                         "padded_len": ids.shape[1],
+                         "ms_per_step": seconds * 1000, "tokens_per_s_per_gpu": tps, "tokens_per_s": tps * d.world,
                          "mfu": 6 * non_embedding * tps / (PEAK_TFLOPS * 1e12)})
-        base = next(r for r in rows if r["variant"] == label and r["step"] == "bare_backbone")
-        for r in rows:
-            if r["variant"] == label:
-                r["vs_bare"] = r["tokens_per_s"] / base["tokens_per_s"]
-    emit("train_throughput", rows, {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                    "non_embedding_params": non_embedding, "peak_tflops": PEAK_TFLOPS})
+        by_name = {r["step"]: r for r in rows if r["variant"] == label}
+        for r in by_name.values():
+            ddp = r["step"].endswith("_ddp")
+            bare = by_name["bare_backbone_ddp" if ddp else "bare_backbone"]
+            r["vs_bare"] = r["tokens_per_s_per_gpu"] / bare["tokens_per_s_per_gpu"]
+            if ddp:  # per-GPU tokens/s under DDP over the same ranks running alone
+                alone = by_name[r["step"].removesuffix("_ddp")]
+                r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / alone["tokens_per_s_per_gpu"]
+    if d.main:
+        emit("train_throughput" if d.world == 1 else f"train_throughput_ddp{d.world}", rows,
+             {"device": torch.cuda.get_device_name(), "gpus": d.world, "torch": torch.__version__,
+              "sdpa": args.sdpa, "compile_mode": args.compile_mode,
+              "non_embedding_params": non_embedding, "peak_tflops": PEAK_TFLOPS})
+    if d.world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

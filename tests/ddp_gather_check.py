@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from qanchor.losses import contrastive_loss
-from training.pretrain import Dist, gather_with_grad
+from training.distributed import Dist, gather_with_grad
 
 
 def main(out: Path) -> None:

@@ -37,6 +37,27 @@ def test_user_prefix_hidden_states_do_not_depend_on_the_query(tiny, users):
     assert not torch.allclose(hidden[0, packed.emb_index[0]], hidden[1, packed.emb_index[1]])
 
 
+def test_right_padding_and_length_buckets_leave_embeddings_unchanged(tiny, users):
+    """The decoder runs without an attention mask: causal attention keeps real tokens blind to
+    the right padding, so a user's vector is the same alone, beside a longer user, or padded to a
+    length bucket (as compiled training does)."""
+    net = tiny.network.eval()
+    query = ["will this user travel soon?"]
+    with torch.no_grad():
+        alone = [tiny.anchor_embeddings([u], [REF], query) for u in users]
+        together = tiny.anchor_embeddings(users, [REF] * len(users), query)
+        net.pad_to_multiple = 64
+        try:
+            bucketed = tiny.anchor_embeddings(users, [REF] * len(users), query)
+        finally:
+            net.pad_to_multiple = 1
+    lengths = net.prefix_embeddings(collate_users(users, [REF] * len(users), tiny.spec, tiny.cache),
+                                    tiny.cache.table()).host_lengths
+    assert len(set(lengths)) > 1, "the fixture must mix prefix lengths for padding to occur"
+    torch.testing.assert_close(together, torch.cat(alone), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bucketed, together, atol=1e-5, rtol=0)
+
+
 def test_prefix_layout_is_user_then_present_modalities_then_events(tiny, users):
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
     prefix = tiny.network.prefix_embeddings(batch, tiny.cache.table())

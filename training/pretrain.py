@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from qanchor.losses import contrastive_loss, retrieval_accuracy
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
 from training.data import Example, build_examples
+from training.distributed import Dist, gather_with_grad, init_distributed
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -60,9 +59,12 @@ class OptimSettings(_Config):
     #: torch.compile the decoder (both towers). Default: on for CUDA, where the full step ran at
     #: 109.8k tokens/s compiled vs 70.4k eager (H100, paper shape, batch 32; docs/benchmarks.md).
     compile: bool | None = None
-    #: torch.compile mode; "reduce-overhead" (CUDA graphs) reached 0.83x the bare backbone in the
-    #: bench, but re-captures for every new sequence length, so it pays only with fixed shapes.
+    #: torch.compile mode. "reduce-overhead" (CUDA graphs) reached 0.82x the bare backbone's
+    #: tokens/s vs 0.73x for "default" (H100, docs/benchmarks.md); it captures one graph per
+    #: length bucket, so it costs memory per bucket and a longer warm-up.
     compile_mode: str = "default"
+    #: Compiled towers round packed widths up to this many tokens, so varying lengths hit a few shapes.
+    pad_to_multiple: int = Field(default=64, ge=1)
 
 
 class TrackingSettings(_Config):
@@ -97,42 +99,6 @@ def load_config(path: Path) -> PretrainConfig:
     except ValidationError as err:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ConfigError(f"invalid pretraining config {path}:\n" + "\n".join(lines)) from None
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=int(os.environ.get("RANK", "0")), world=world, device=device)
-
-
-def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
-    """All ranks' rows, differentiable w.r.t. this rank's rows; and where they start."""
-    if d.world == 1:
-        return x, 0
-    import torch.distributed._functional_collectives as fc
-
-    # Backward reduce-scatters the gradients, so each rank's rows get every rank's use of them.
-    # torch 2.13 renamed the op; the GPU image has 2.11.
-    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
-    return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD), d.rank * x.shape[0]
 
 
 def _seed_everything(seed: int) -> None:
@@ -250,7 +216,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
     optimizer = _optimizer(model, cfg.optim, fused=d.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
     if cfg.optim.compile if cfg.optim.compile is not None else d.device.type == "cuda":
-        model.network.compile_decoder(mode=cfg.optim.compile_mode)
+        model.network.compile_decoder(pad_to_multiple=cfg.optim.pad_to_multiple, mode=cfg.optim.compile_mode)
     network = model.network
     if d.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(model.network, find_unused_parameters=True)

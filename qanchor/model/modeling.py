@@ -91,11 +91,21 @@ class Prefixes:
 
 @dataclass
 class PackedSequences:
+    """Rows packed left and right-padded.
+
+    Under causal attention a real token never attends to the padding after it, so the decoder
+    runs with no mask at all (SDPA's causal fast path) and real positions are exact; only real
+    positions are ever read. `attention_mask` marks them for counting.
+    """
+
     embeds: torch.Tensor       # [R, L, H]
     attention_mask: torch.Tensor  # [R, L]
     emb_index: torch.Tensor    # [R] position of <USER_EMB>
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
-    padded: bool = True        # False when every row has the same length (no mask needed)
+
+
+def round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
 
 
 class QAnchorModel(nn.Module):
@@ -108,6 +118,8 @@ class QAnchorModel(nn.Module):
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden)
         self.projection = Projection(hidden, settings.embed_dim)
+        #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
+        self.pad_to_multiple = 1
         ids = backbone.token_ids
         self.register_buffer("_type_ids", torch.tensor([ids[USER_TOKEN], *(ids[modality_token(m)] for m in spec.names),
                                                         ids[QUERY_TOKEN], ids[EMB_TOKEN]]), persistent=False)
@@ -118,11 +130,16 @@ class QAnchorModel(nn.Module):
         compiled = self.__dict__.get("_compiled_decoder")
         return compiled if compiled is not None else self.lm.get_decoder()
 
-    def compile_decoder(self, **options) -> None:
+    def compile_decoder(self, pad_to_multiple: int = 64, **options) -> None:
         """Run both towers' decoder passes through `torch.compile` (weights stay shared with `lm`).
 
+        Packed widths are rounded up to `pad_to_multiple`, so variable-length batches hit a few
+        static shapes (a handful of graphs, CUDA graphs usable) and attention tiles stay aligned.
         Kept outside the module tree, so state dicts and checkpoints are unchanged.
         """
+        self.pad_to_multiple = pad_to_multiple
+        # One graph per length bucket and tower: raise dynamo's per-function limit to fit them.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.__dict__["_compiled_decoder"] = torch.compile(self.lm.get_decoder(), **options)
 
     def _token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
@@ -176,7 +193,7 @@ class QAnchorModel(nn.Module):
             k = soft_prompt.shape[0]
             tail = torch.cat([soft_prompt.to(tail.dtype).unsqueeze(0).expand(rows, -1, -1), tail], dim=1)
         totals = [p + k + t for p, t in zip(prefixes.host_lengths, tail_lengths)]
-        length = max(totals)
+        length = round_up(max(totals), self.pad_to_multiple)
         width = max(length, prefixes.tokens.shape[1]) + tail.shape[1]
         embeds = torch.zeros(rows, width, tail.shape[-1], dtype=tail.dtype, device=device)
         embeds[:, :prefixes.tokens.shape[1]] = prefixes.tokens.to(tail.dtype)
@@ -185,16 +202,14 @@ class QAnchorModel(nn.Module):
         total = torch.tensor(totals, device=device)
         mask = (torch.arange(length, device=device) < total.unsqueeze(1)).long()
         suffix_lengths = torch.tensor([s.shape[0] for s in suffixes], device=device)
-        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, padded=min(totals) != length)
+        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1)
         if answers is not None:
             packed.answer_ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=-100).to(device)
         return packed
 
     def hidden_states(self, packed: PackedSequences) -> torch.Tensor:
         positions = torch.arange(packed.embeds.shape[1], device=packed.embeds.device).expand(packed.embeds.shape[0], -1)
-        # Without padding, no mask: SDPA then takes its causal fast path (flash attention).
-        mask = packed.attention_mask if packed.padded else None
-        out = self.decoder(inputs_embeds=packed.embeds, attention_mask=mask, position_ids=positions, use_cache=False)
+        out = self.decoder(inputs_embeds=packed.embeds, position_ids=positions, use_cache=False)
         return out.last_hidden_state
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -220,15 +235,14 @@ class QAnchorModel(nn.Module):
     def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
         """Semantic tower: the same backbone on the answer alone, last-token pooling, same projection."""
         device = self._type_ids.device
-        width = max(a.shape[0] for a in answers)
+        # Answers are short: a finer bucket keeps their padding small with few shapes.
+        width = round_up(max(a.shape[0] for a in answers), min(self.pad_to_multiple, 16))
         ids = torch.full((len(answers), width), self.backbone.pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
         for i, a in enumerate(answers):
             ids[i, :a.shape[0]] = a.to(device)
-            mask[i, :a.shape[0]] = 1
-        padded = len({a.shape[0] for a in answers}) > 1
-        hidden = self.decoder(input_ids=ids, attention_mask=mask if padded else None, use_cache=False).last_hidden_state
-        last = mask.sum(1) - 1
+        # Right padding under causal attention needs no mask (see PackedSequences).
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+        last = torch.tensor([a.shape[0] - 1 for a in answers], device=device)
         return self.project(hidden[torch.arange(len(answers), device=device), last])
 
     def forward(self, users: dict[str, ModalityBatch], text_table: torch.Tensor, suffixes: list[torch.Tensor],
