@@ -108,6 +108,14 @@ class UserFeatureStore:
                 f"before {self.settings.as_of}, profile `updated_at`); move those rows later or re-import")
         return rows
 
+    def features_at(self, user_ids: list[str], times: list[pd.Timestamp]) -> list[UserFeatures]:
+        """Each user's features as of its time (point-in-time join), in the order given."""
+        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": list(times)})
+        unique = entities.drop_duplicates(ignore_index=True)
+        by_key = {(r["user_id"], r["event_timestamp"]): UserFeatures.from_row(r["user_id"], r, self.spec)
+                  for r in self.historical(unique).to_dict("records")}
+        return [by_key[k] for k in zip(entities["user_id"], entities["event_timestamp"])]
+
     def known_users(self) -> set[str]:
         """Every user with a profile row in the offline sources (who can be labelled and served)."""
         from feature_repo.objects import PROFILE_VIEW

@@ -10,7 +10,7 @@ from qanchor.cli import cli
 COMMANDS = [[], ["data"], ["data", "generate"], ["data", "import"], ["data", "validate"], ["data", "rates"],
             ["features"], ["features", "apply"], ["features", "materialize"], ["features", "show"],
             ["pretrain"], ["promote"], ["scenario"], ["scenario", "register"], ["scenario", "list"], ["scenario", "show"],
-            ["scenario", "archive"]]
+            ["scenario", "archive"], ["evaluate"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "qanchor")

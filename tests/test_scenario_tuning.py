@@ -3,7 +3,6 @@ query-only version of the same scenario on a task with planted signal."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

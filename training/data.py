@@ -57,14 +57,6 @@ def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ra
                       uqa.sample(n=n_uqa, random_state=rng.integers(2**31))], ignore_index=True)
     rows = rows.sample(frac=1.0, random_state=rng.integers(2**31), ignore_index=True)
 
-    entities = rows[["user_id", "query_time"]].drop_duplicates().rename(columns={"query_time": "event_timestamp"})
-    history = store.historical(entities.reset_index(drop=True))
-    features = {
-        (r["user_id"], r["event_timestamp"]): UserFeatures.from_row(r["user_id"], r, store.spec)
-        for r in history.to_dict("records")
-    }
-    return [
-        Example(features=features[(r.user_id, r.query_time)], reference_time=int(r.query_time.timestamp()),
-                query=r.question, answer=r.answer)
-        for r in rows.itertuples(index=False)
-    ]
+    features = store.features_at(list(rows["user_id"]), list(rows["query_time"]))
+    return [Example(features=f, reference_time=int(r.query_time.timestamp()), query=r.question, answer=r.answer)
+            for f, r in zip(features, rows.itertuples(index=False))]

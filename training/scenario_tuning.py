@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
@@ -68,24 +67,25 @@ def evaluate(y: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
 
 def load_labelled_users(store: UserFeatureStore, labels: ScenarioLabels) -> tuple[list[UserFeatures], list[int]]:
     """Features of every labelled user at its label time (Feast point-in-time join)."""
-    entities = labels.frame[["user_id", "label_time"]].rename(columns={"label_time": "event_timestamp"})
-    history = store.historical(entities)
-    by_key = {(r["user_id"], r["event_timestamp"]): UserFeatures.from_row(r["user_id"], r, store.spec)
-              for r in history.to_dict("records")}
-    keys = zip(labels.frame["user_id"], labels.frame["label_time"])
-    users = [by_key[k] for k in keys]
-    return users, [int(t.timestamp()) for t in labels.frame["label_time"]]
+    times = list(labels.frame["label_time"])
+    return store.features_at(list(labels.frame["user_id"]), times), [int(t.timestamp()) for t in times]
 
 
 def tune(model: QAnchor, users: list[UserFeatures], times: list[int], classes: np.ndarray, query: str,
-         settings: TuningSettings) -> TuningResult:
-    """Train prompt + prototypes on a stratified split; backbone and encoders never change."""
+         settings: TuningSettings, split: tuple[np.ndarray, np.ndarray] | None = None) -> TuningResult:
+    """Train prompt + prototypes on a stratified split; backbone and encoders never change.
+
+    `split` gives (train, validation) row indices when the caller owns the split (the
+    evaluation harness keeps its probe split); otherwise `val_fraction` is held out, stratified.
+    """
     torch.manual_seed(settings.seed)
     net = model.network.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    index = np.arange(len(users))
-    train, val = train_test_split(index, test_size=settings.val_fraction, stratify=classes, random_state=settings.seed)
+    if split is None:
+        split = train_test_split(np.arange(len(users)), test_size=settings.val_fraction, stratify=classes,
+                                 random_state=settings.seed)
+    train, val = split
     y_train, y_val = torch.from_numpy(classes[train]).long(), classes[val]
     pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
 

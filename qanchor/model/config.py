@@ -57,4 +57,7 @@ class ModelSettings(_Config):
     event_hidden: int = Field(default=256, gt=0)
     max_query_tokens: int = Field(default=48, gt=0)
     max_answer_tokens: int = Field(default=96, gt=0)
+    #: The [USER] and [MOD_m] summary tokens in front of the events; off only for the paper's
+    #: "without modality/user tokens" ablation.
+    summary_tokens: bool = True
     loss: LossSettings = LossSettings()

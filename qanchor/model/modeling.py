@@ -156,7 +156,8 @@ class QAnchorModel(nn.Module):
         n_mod = len(self.spec.names)
         candidates = [user.unsqueeze(1) + types[0], mods + types[1:1 + n_mod]]
         present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
-        valid = [torch.ones_like(present[:, :1]), present]
+        summaries = self.settings.summary_tokens
+        valid = [torch.full_like(present[:, :1], summaries), present & summaries]
         for i, name in enumerate(self.spec.names):
             candidates.append(events[i] + types[1 + i])
             valid.append(batch[name].mask)

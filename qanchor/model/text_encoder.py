@@ -48,11 +48,15 @@ class TextEmbeddingCache:
         return len(self._index)
 
     @torch.no_grad()
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], max_length: int = 64) -> np.ndarray:
+        """Mean-pooled, L2-normalised sentence embeddings [len(texts), 384], uncached.
+
+        Event texts are short (64 tokens); longer documents may pass up to MiniLM's 256.
+        """
         out = []
         for start in range(0, len(texts), self._batch_size):
             chunk = texts[start:start + self._batch_size]
-            enc = self._tokenizer(chunk, padding=True, truncation=True, max_length=64, return_tensors="pt").to(self._device)
+            enc = self._tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(self._device)
             hidden = self._model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -64,7 +68,7 @@ class TextEmbeddingCache:
         keys = [text_key(t) for t in texts]
         new = list(dict.fromkeys(k for k in keys if k not in self._index))
         if new:
-            self._rows.append(self._encode(new))
+            self._rows.append(self.encode(new))
             for k in new:
                 self._index[k] = len(self._index)
         return [self._index[k] for k in keys]

@@ -1,0 +1,133 @@
+"""The evaluation harness: metrics, split hygiene, probes on planted signal, an end-to-end smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy.stats import ks_2samp, norm
+from sklearn.metrics import roc_auc_score
+
+from qanchor.cli import cli
+from qanchor.model import ModelSettings, QAnchor
+from qanchor.scenario import ks_statistic
+from training.evaluation.baselines import AggregateFeaturizer, serialise
+from training.evaluation.harness import EvaluationSettings, evaluate
+from training.evaluation.metrics import bootstrap_mean, roc_auc
+from training.evaluation.population import load_population, split_parts
+from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
+from training.evaluation.report import write_report
+
+#: The two most frequent task labels: the only ones with positives in every part of 300 users.
+SMOKE_TASKS = ["mkt_coupon_redeem", "eng_checkin_streak"]
+
+
+def test_auc_and_ks_agree_with_scikit_learn_and_scipy_including_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(size=500) + y, 1)  # rounding makes many ties
+    assert roc_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert ks_statistic(y, scores) == pytest.approx(ks_2samp(scores[y == 1], scores[y == 0]).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc(np.zeros(5), np.arange(5))
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_users():
+    rng = np.random.default_rng(1)
+
+    def interval(n: int):
+        y = rng.integers(0, 2, n)
+        return bootstrap_mean([y], [y + rng.normal(size=n)], roc_auc, resamples=300, seed=0)
+
+    small, large = interval(200), interval(5000)
+    assert small.low <= small.value <= small.high
+    assert (large.high - large.low) < (small.high - small.low) / 3
+
+
+def test_mean_over_tasks_resamples_users_jointly():
+    y = np.array([0, 1] * 50)
+    est = bootstrap_mean([y, 1 - y], [y.astype(float), (1 - y).astype(float)], roc_auc, resamples=50)
+    assert est.value == est.low == est.high == 1.0
+    with pytest.raises(ValueError, match="same users"):
+        bootstrap_mean([y, y[:10]], [y, y[:10]], roc_auc)
+
+
+def test_probes_recover_a_planted_signal_at_its_theoretical_auc():
+    """x0 = label + N(0, 1): the best possible AUC is Phi(1 / sqrt(2)) = 0.760; the other 15
+    dimensions are noise. Both probes must get there on held-out users, and no further."""
+    rng = np.random.default_rng(2)
+    n = 6000
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 16))
+    x[:, 0] += y
+    part = split_parts(n, (0.5, 0.25, 0.25), seed=0)
+    parts = Parts(*(np.flatnonzero(part == p) for p in ("train", "val", "test")))
+    expected = norm.cdf(1 / np.sqrt(2))
+    linear = roc_auc(y[parts.test], logistic_probe(x, y, parts).test_scores)
+    trees = roc_auc(y[parts.test], gbdt_probe(pd.DataFrame(x), y, parts).test_scores)
+    assert linear == pytest.approx(expected, abs=0.03)
+    assert trees == pytest.approx(expected, abs=0.04)
+
+
+def test_split_parts_are_disjoint_and_proportional():
+    part = split_parts(1000, (0.5, 0.25, 0.25), seed=3)
+    assert {p: int((part == p).sum()) for p in ("train", "val", "test")} == {"train": 500, "val": 250, "test": 250}
+    assert np.array_equal(part, split_parts(1000, (0.5, 0.25, 0.25), seed=3))
+
+
+def test_population_holds_only_users_the_backbone_was_not_pretrained_on(sqlite_store, dataset):
+    population = load_population(sqlite_store, dataset)
+    splits = pd.read_parquet(dataset / "splits").set_index("user_id")["split"]
+    ids = [u.user_id for u in population.users]
+    assert len(set(ids)) == len(ids), "a user appears twice"
+    assert set(splits[ids]) <= {"val", "test"}, "pretraining (train split) users leaked into evaluation"
+    assert set(population.part) == {"train", "val", "test"}
+    assert list(population.labels["user_id"]) == ids
+
+
+def test_aggregates_count_events_and_learn_their_vocabulary_from_train_users_only(sqlite_store, dataset, spec):
+    population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
+    train = [population.users[i] for i in population.index("train")]
+    featurizer = AggregateFeaturizer(spec, top_kinds=5).fit(train)
+    table = featurizer.transform(population.users, population.reference_times)
+    user = population.users[0]
+    assert table.loc[0, "bill_count"] == len(user.modalities["bill"])
+    assert table.loc[0, "bill_amount_sum"] == pytest.approx(sum(user.modalities["bill"].numeric["amount"]))
+    assert isinstance(table["profile_occupation"].dtype, pd.CategoricalDtype)
+    assert set(table["search_top_kind"].cat.categories) == {*featurizer.kinds["search"], "other"}
+    assert len(serialise(user, spec)) == 1 + len(spec.event_modalities)
+
+
+@pytest.mark.timeout(600)
+def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, dataset, spec, tmp_path):
+    """Random-init tiny backbone (never pretrained, so every split may be evaluated), two tasks,
+    a few tuning steps: checks the plumbing, not the quality."""
+    population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
+    model = QAnchor.build(spec, ModelSettings(), seed=0)
+    settings = EvaluationSettings(tasks=SMOKE_TASKS, tune_steps=4, resamples=20)
+    result = evaluate(model, population, settings, progress=False)
+    methods = {r["method"] for r in result.rows}
+    assert methods == {"gbdt_aggregates", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
+                       "qanchor_prompt", "qanchor_prompt_proto"}
+    for row in result.rows + result.summary:
+        for key in ("auc", "mean_auc"):
+            if key in row:
+                assert 0.0 <= row[f"{key}_low"] <= row[key] <= row[f"{key}_high"] <= 1.0
+    files = write_report(result, tmp_path / "report", {"backbone": "random tiny"})
+    names = {f.name for f in files}
+    assert {"results.json", "report.md", "auc_by_task.png", f"embeddings_{SMOKE_TASKS[0]}_tsne.png"} <= names
+    payload = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert payload["test_users"] == int((population.part == "test").sum())
+    assert "| mkt_coupon_redeem |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_cli_refuses_an_unknown_task_before_doing_any_work(sqlite_store, dataset, tmp_path):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["evaluate", "--backbone", "champion", "--repo", str(sqlite_store.repo),
+                                      "--dataset", str(dataset), "--tasks", "churn_next_week", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "unknown tasks ['churn_next_week']" in result.output
+    assert not out.exists()

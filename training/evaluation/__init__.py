@@ -1,0 +1,1 @@
+"""`qanchor evaluate`: frozen-embedding probes on the downstream tasks against strong baselines."""

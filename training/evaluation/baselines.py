@@ -1,0 +1,101 @@
+"""The baselines every Q-Anchor figure is compared with, built from the same Feast features.
+
+- Handcrafted per-modality aggregates for gradient-boosted trees (the industrial standard):
+  counts overall and in the last 7/30 days, recency, mean gap, sums/means/maxima of numeric
+  fields, the shares of each modality's most frequent event kinds and its most frequent kind
+  as a categorical id, plus the profile fields.
+- A general text embedding: all-MiniLM-L6-v2 over a serialisation of the profile and each
+  modality's events (one section per modality, 256 tokens each, mean-pooled over sections,
+  since MiniLM reads 256 tokens at most).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from qanchor.features import UserFeatures
+from qanchor.modality_spec import ModalitySpec
+from qanchor.model.text_encoder import TextEmbeddingCache, text_key
+
+DAY = 86_400
+#: Event kinds (digit-masked texts) per modality whose shares become features.
+TOP_KINDS = 24
+
+
+class AggregateFeaturizer:
+    """Per-user aggregate table; the event-kind vocabulary is learnt from the probe's train users only."""
+
+    def __init__(self, spec: ModalitySpec, top_kinds: int = TOP_KINDS):
+        self.spec = spec
+        self.top_kinds = top_kinds
+        self.kinds: dict[str, list[str]] = {}
+
+    def fit(self, users: list[UserFeatures]) -> AggregateFeaturizer:
+        for m in self.spec.event_modalities:
+            counts = Counter(text_key(t) for u in users for t in u.modalities[m.name].texts)
+            self.kinds[m.name] = [k for k, _ in counts.most_common(self.top_kinds)]
+        return self
+
+    def transform(self, users: list[UserFeatures], reference_times: list[int]) -> pd.DataFrame:
+        if not self.kinds:
+            raise RuntimeError("fit the featurizer on the training users first")
+        return pd.DataFrame([self._row(u, now) for u, now in zip(users, reference_times)]).pipe(self._typed)
+
+    def _row(self, user: UserFeatures, now: int) -> dict[str, float | str | None]:
+        row: dict[str, float | str | None] = {}
+        for m in self.spec.event_modalities:
+            events = user.modalities[m.name]
+            times = np.asarray(events.times, dtype=float)
+            age_days = (now - times) / DAY
+            p = m.name
+            row[f"{p}_count"] = len(events)
+            row[f"{p}_count_7d"] = float((age_days <= 7).sum())
+            row[f"{p}_count_30d"] = float((age_days <= 30).sum())
+            row[f"{p}_recency_days"] = float(age_days.min()) if len(events) else np.nan
+            row[f"{p}_mean_gap_days"] = float(np.diff(np.sort(times)).mean() / DAY) if len(events) > 1 else np.nan
+            for name, values in events.numeric.items():
+                v = np.asarray(values, dtype=float)
+                row[f"{p}_{name}_sum"] = float(v.sum())
+                row[f"{p}_{name}_mean"] = float(v.mean()) if len(v) else np.nan
+                row[f"{p}_{name}_max"] = float(v.max()) if len(v) else np.nan
+            kinds = Counter(text_key(t) for t in events.texts)
+            for i, kind in enumerate(self.kinds[m.name]):
+                row[f"{p}_share_{i}"] = kinds[kind] / len(events) if len(events) else 0.0
+            top = kinds.most_common(1)
+            row[f"{p}_top_kind"] = top[0][0] if top and top[0][0] in self.kinds[m.name] else "other"
+        for name, value in user.profile.items():
+            row[f"profile_{name}"] = value
+        return row
+
+    def _typed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Strings become pandas categories with a fixed vocabulary (LightGBM's categorical input)."""
+        for column in frame.columns:
+            if frame[column].dtype == object:
+                if column.endswith("_top_kind"):
+                    categories = [*self.kinds[column.removesuffix("_top_kind")], "other"]
+                else:
+                    field = next(f for f in self.spec.profile.fields if f"profile_{f.name}" == column)
+                    categories = list(field.values or [])
+                frame[column] = pd.Categorical(frame[column], categories=categories)
+        return frame
+
+
+def serialise(user: UserFeatures, spec: ModalitySpec) -> list[str]:
+    """One text section for the profile and one per modality, most recent events first."""
+    profile = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in user.profile.items() if v is not None)
+    sections = [f"profile: {profile or 'unknown'}"]
+    for m in spec.event_modalities:
+        texts = user.modalities[m.name].texts
+        sections.append(f"{m.name}: " + ("; ".join(reversed(texts)) if texts else "none"))
+    return sections
+
+
+def text_embeddings(users: list[UserFeatures], spec: ModalitySpec, encoder: TextEmbeddingCache) -> np.ndarray:
+    """MiniLM embedding per user: mean of its sections' embeddings, L2-normalised."""
+    sections = [serialise(u, spec) for u in users]
+    flat = encoder.encode([s for user in sections for s in user], max_length=256)
+    per_user = flat.reshape(len(users), len(sections[0]), -1).mean(1)
+    return per_user / np.linalg.norm(per_user, axis=1, keepdims=True).clip(min=1e-12)

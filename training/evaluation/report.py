@@ -1,0 +1,105 @@
+"""Write an evaluation as results.json + report.md + PNG plots in one folder.
+
+Plots: test AUC per task and method (bar chart with 95% intervals), and for each tuned task
+the test users' embeddings before (task query alone) and after prompt tuning, by PCA and
+t-SNE, coloured by label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from training.evaluation.harness import METHODS, EvaluationResult  # noqa: E402
+
+
+def _ci(row: dict, key: str) -> str:
+    return f"{row[key]:.3f} [{row[key + '_low']:.3f}, {row[key + '_high']:.3f}]"
+
+
+def markdown(result: EvaluationResult, meta: dict) -> str:
+    lines = [f"# Q-Anchor evaluation ({meta.get('when', '')})", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k != "when"]
+    lines += ["", "## Mean over tasks (test users; 95% bootstrap intervals over users)", "",
+              "| method | tasks | mean AUC | mean KS |", "|---|---|---|---|"]
+    for s in result.summary:
+        lines.append(f"| {s['method']} | {s['tasks']} | {_ci(s, 'mean_auc')} | {_ci(s, 'mean_ks')} |")
+    methods = [m for m in METHODS if any(r["method"] == m for r in result.rows)]
+    by = {(r["method"], r["task"]): r for r in result.rows}
+    for metric in ("auc", "ks"):
+        lines += ["", f"## Test {metric.upper()} per task", "", "| task | positives/test | " + " | ".join(methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for task, y in result.test_labels.items():
+            cells = [f"{by[(m, task)][metric]:.3f}" if (m, task) in by else "" for m in methods]
+            lines.append(f"| {task} | {int(y.sum())}/{len(y)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def auc_chart(result: EvaluationResult, path: Path) -> Path:
+    methods = [m for m in METHODS if any(r["method"] == m for r in result.rows)]
+    tasks = list(result.test_labels)
+    by = {(r["method"], r["task"]): r for r in result.rows}
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(tasks)), 4.5))
+    width = 0.8 / len(methods)
+    for i, method in enumerate(methods):
+        x = np.arange(len(tasks)) + i * width
+        values = np.array([by[(method, t)]["auc"] for t in tasks])
+        errors = np.array([[by[(method, t)]["auc"] - by[(method, t)]["auc_low"],
+                            by[(method, t)]["auc_high"] - by[(method, t)]["auc"]] for t in tasks]).T
+        ax.bar(x, values, width, yerr=errors, label=method, capsize=1.5)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test AUC")
+    ax.set_ylim(0.3, 1.0)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def embedding_plots(result: EvaluationResult, folder: Path, seed: int = 0) -> list[Path]:
+    paths = []
+    for task, views in result.embeddings.items():
+        y = result.test_labels[task]
+        for method, project in (("pca", lambda x: PCA(2, random_state=seed).fit_transform(x)),
+                                ("tsne", lambda x: TSNE(2, perplexity=min(30, len(x) - 1) / 1.0,
+                                                        random_state=seed, init="pca").fit_transform(x))):
+            fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+            for ax, (name, title) in zip(axes, (("query", "query only"), ("prompt", "after prompt tuning"))):
+                xy = project(views[name])
+                for label, colour in ((0, "tab:blue"), (1, "tab:red")):
+                    ax.scatter(*xy[y == label].T, s=8, alpha=0.6, c=colour, label=f"label {label}")
+                ax.set_title(f"{task}: {title}", fontsize=9)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[0].legend(fontsize=7)
+            fig.tight_layout()
+            path = folder / f"embeddings_{task}_{method}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def write_report(result: EvaluationResult, folder: Path, meta: dict, plots: bool = True) -> list[Path]:
+    """results.json, report.md and (optionally) the PNGs under `folder`; returns the files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {**meta, "seconds": result.seconds, "summary": result.summary, "rows": result.rows,
+               "test_positives": {t: int(y.sum()) for t, y in result.test_labels.items()},
+               "test_users": len(next(iter(result.test_labels.values())))}
+    files = [folder / "results.json", folder / "report.md"]
+    files[0].write_text(json.dumps(payload, indent=2))
+    files[1].write_text(markdown(result, meta))
+    if plots:
+        files.append(auc_chart(result, folder / "auc_by_task.png"))
+        files += embedding_plots(result, folder)
+    return files
