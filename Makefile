@@ -9,7 +9,7 @@ DEMO_USERS ?= 2000
 DEMO_SEED ?= 7
 DEMO_AS_OF ?= 2026-10-01
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench quality clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ demo: $(STAMP)
 	$(BIN)/qanchor scenario register --name night_activity --repo $(DEMO_DIR)/feature_store --backbone challenger \
 		--query "is this user active late at night?"
 	$(BIN)/qanchor scenario list
+	$(BIN)/qanchor evaluate --backbone challenger --repo $(DEMO_DIR)/feature_store --dataset $(DEMO_DIR)/raw \
+		--tune-steps 50 --resamples 300 --out reports/demo
+	cat reports/demo/report.md
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -49,6 +52,10 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_gen.py
 	$(BIN)/python bench/feature_fetch.py
+
+# The paper's ablations: pretrains every variant on the demo data, then scores them (CPU, ~1 h).
+quality: $(STAMP)
+	$(BIN)/python bench/quality.py --dataset $(DEMO_DIR)/raw --repo $(DEMO_DIR)/feature_store --out reports/quality
 
 clean:
 	rm -rf $(VENV) data reports runs mlruns.db mlartifacts

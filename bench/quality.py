@@ -1,0 +1,131 @@
+"""Embedding quality on the 10 downstream tasks: baselines, Q-Anchor, and the paper's ablations.
+
+Every variant is pretrained from the same base config on the same dataset, then scored by
+`qanchor evaluate`'s harness on the same held-out users (probe train / val / test), so rows are
+comparable within one run:
+
+  full                 the base config
+  no_contrastive       NTP only (contrastive weight 0)
+  no_ntp               contrastive only (NTP weight 0)
+  no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
+  no_pretraining       random-init encoders + backbone, then prompt tuning
+  data_25, data_50     pretraining on 25% / 50% of the train-split examples
+  smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
+
+Baselines (LightGBM on aggregates, MiniLM text) do not depend on the backbone and are scored
+once, with the full variant. A prompt-token sweep runs on the full variant.
+
+    python bench/quality.py --dataset data/demo/raw --repo data/demo/feature_store \
+        [--variants full,no_contrastive,...] [--steps 150] [--tune-steps 150] [--sweep 1,2,4,6,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _report import emit  # noqa: E402
+
+from feature_repo.store import UserFeatureStore  # noqa: E402
+from qanchor.model import QAnchor  # noqa: E402
+from training.evaluation.harness import TASK_NAMES, EvaluationSettings, evaluate  # noqa: E402
+from training.evaluation.population import load_population  # noqa: E402
+from training.evaluation.report import write_report  # noqa: E402
+from training.pretrain import PretrainConfig, load_config, pretrain  # noqa: E402
+
+VARIANTS = ("full", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+
+
+def train_examples(dataset: Path) -> int:
+    train = set(pd.read_parquet(dataset / "splits").query("split == 'train'")["user_id"])
+    return sum(pd.read_parquet(dataset / t, columns=["user_id"])["user_id"].isin(train).sum() for t in ("d_future", "d_uqa"))
+
+
+def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path, steps: int, out: Path) -> PretrainConfig:
+    cfg = base.model_dump()
+    cfg["data"].update(dataset=dataset, feature_repo=repo)
+    cfg["optim"]["steps"] = steps
+    cfg["output_dir"] = out / "runs" / variant
+    cfg["tracking"].update(uri=f"sqlite:///{out / 'mlruns.db'}", experiment="qanchor-quality-bench", register_model=False)
+    if variant == "no_contrastive":
+        cfg["model"]["loss"]["contrastive_weight"] = 0.0
+    elif variant == "no_ntp":
+        cfg["model"]["loss"]["ntp_weight"] = 0.0
+    elif variant == "no_summary_tokens":
+        cfg["model"]["summary_tokens"] = False
+    elif variant.startswith("data_"):
+        cfg["data"]["max_train_examples"] = train_examples(dataset) * int(variant.removeprefix("data_")) // 100
+    elif variant == "smollm2":
+        cfg["model"]["backbone"]["name"] = "smollm2-135m"
+    elif variant != "full":
+        raise ValueError(f"unknown variant {variant!r}")
+    return PretrainConfig.model_validate(cfg)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--config", type=Path, default=Path("training/configs/pretrain_tiny.yaml"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--smollm2", action="store_true", help="Also pretrain and score the smollm2-135m backbone.")
+    parser.add_argument("--steps", type=int, default=150, help="Pretraining steps per variant.")
+    parser.add_argument("--tune-steps", type=int, default=150)
+    parser.add_argument("--tune-all", action="store_true", help="Prompt-tune every variant (default: full, no_pretraining).")
+    parser.add_argument("--sweep", default="1,2,4,6,8", help="Prompt-token counts on the full variant ('' to skip).")
+    parser.add_argument("--sweep-tasks", default="mkt_travel_booking,risk_cash_advance,eng_checkin_streak")
+    parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=Path("reports/quality"))
+    args = parser.parse_args()
+    variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
+    store = UserFeatureStore(args.repo)
+    population = load_population(store, args.dataset, args.max_users)
+    base = load_config(args.config)
+    rows: list[dict] = []
+
+    def record(variant: str, result, seconds: float) -> None:
+        for s in result.summary:
+            rows.append({"variant": variant, "method": s["method"], "mean_auc": s["mean_auc"],
+                         "auc_95": f"[{s['mean_auc_low']:.3f}, {s['mean_auc_high']:.3f}]", "mean_ks": s["mean_ks"],
+                         "ks_95": f"[{s['mean_ks_low']:.3f}, {s['mean_ks_high']:.3f}]", "seconds": seconds})
+
+    models: dict[str, QAnchor] = {}
+    for variant in variants:
+        start = time.perf_counter()
+        if variant == "no_pretraining":
+            model = QAnchor.build(store.spec, base.model, seed=base.seed)
+        else:
+            cfg = variant_config(base, variant, args.dataset, args.repo, args.steps, args.out)
+            model = QAnchor.from_pretrained(pretrain(cfg, progress=False)["model_dir"])
+        models[variant] = model
+        settings = EvaluationSettings(baselines=variant == "full",
+                                      prompt_tuning=args.tune_all or variant in ("full", "no_pretraining"),
+                                      paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
+        result = evaluate(model, population, settings)
+        write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
+        record(variant, result, time.perf_counter() - start)
+        print(f"{variant}: done in {time.perf_counter() - start:.0f}s", flush=True)
+
+    sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in TASK_NAMES]
+    for tokens in [int(t) for t in args.sweep.split(",") if t]:
+        start = time.perf_counter()
+        settings = EvaluationSettings(tasks=sweep_tasks, baselines=False, paraphrases=False, tokens=tokens,
+                                      tune_steps=args.tune_steps, resamples=args.resamples)
+        result = evaluate(models.get("full") or QAnchor.from_pretrained(args.out / "runs" / "full" / "final"),
+                          population, settings)
+        record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
+        rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
+    emit("quality", rows, {"dataset": str(args.dataset), "config": str(args.config), "pretrain_steps": args.steps,
+                           "tune_steps": args.tune_steps, "users": {p: int((population.part == p).sum())
+                                                                     for p in ("train", "val", "test")}})
+
+
+if __name__ == "__main__":
+    main()
