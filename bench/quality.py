@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     args = parser.parse_args()
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
+    args.out.mkdir(parents=True, exist_ok=True)
     store = UserFeatureStore(args.repo)
     population = load_population(store, args.dataset, args.max_users)
     base = load_config(args.config)

@@ -58,7 +58,8 @@ def auc_chart(result: EvaluationResult, path: Path) -> Path:
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test AUC")
-    ax.set_ylim(0.3, 1.0)
+    ax.set_ylim(0.3, 1.12)  # headroom for the legend
+    ax.set_yticks(np.arange(0.3, 1.01, 0.1))
     ax.legend(fontsize=7, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -71,7 +72,7 @@ def embedding_plots(result: EvaluationResult, folder: Path, seed: int = 0) -> li
     for task, views in result.embeddings.items():
         y = result.test_labels[task]
         for method, project in (("pca", lambda x: PCA(2, random_state=seed).fit_transform(x)),
-                                ("tsne", lambda x: TSNE(2, perplexity=min(30, len(x) - 1) / 1.0,
+                                ("tsne", lambda x: TSNE(2, perplexity=min(30.0, (len(x) - 1) / 3),
                                                         random_state=seed, init="pca").fit_transform(x))):
             fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
             for ax, (name, title) in zip(axes, (("query", "query only"), ("prompt", "after prompt tuning"))):
