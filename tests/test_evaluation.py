@@ -47,6 +47,14 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_users():
     assert (large.high - large.low) < (small.high - small.low) / 3
 
 
+def test_ks_interval_brackets_the_estimate_despite_the_upward_bias_of_resampled_maxima():
+    rng = np.random.default_rng(4)
+    y = (rng.random(150) < 0.1).astype(int)
+    scores = rng.normal(size=150) + 0.3 * y
+    est = bootstrap_mean([y], [scores], ks_statistic, resamples=400, seed=0)
+    assert est.low < est.value < est.high
+
+
 def test_mean_over_tasks_resamples_users_jointly():
     y = np.array([0, 1] * 50)
     est = bootstrap_mean([y, 1 - y], [y.astype(float), (1 - y).astype(float)], roc_auc, resamples=50)

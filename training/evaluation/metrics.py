@@ -44,7 +44,7 @@ class Estimate:
 
 def bootstrap_mean(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], metric: Metric,
                    resamples: int = 1000, seed: int = 0) -> Estimate:
-    """The metric averaged over tasks, with a 95% interval from resampling *users*.
+    """The metric averaged over tasks, with a bias-corrected 95% interval from resampling *users*.
 
     Every task is scored on the same test users, so one resample of user indices serves all
     tasks at once: the interval of the mean then reflects that the tasks share their users.
@@ -67,5 +67,10 @@ def bootstrap_mean(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], m
         if any(y.min() == y.max() for y in picked):
             continue
         values.append(float(np.mean([metric(y, np.asarray(s)[index]) for y, s in zip(picked, scores)])))
-    low, high = np.percentile(values, [2.5, 97.5])
+    # KS is a maximum over thresholds, so a resample (with repeated users) scores above the
+    # sample it came from; on ~150 test users the whole percentile interval can sit above the
+    # estimate. Shifting it by the bootstrap's own bias estimate (mean resample - estimate)
+    # centres it on the estimate; for AUC the shift is ~0.
+    bias = float(np.mean(values)) - point
+    low, high = np.percentile(values, [2.5, 97.5]) - bias
     return Estimate(point, float(low), float(high))
