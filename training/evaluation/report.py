@@ -26,7 +26,7 @@ def _ci(row: dict, key: str) -> str:
 
 
 def markdown(result: EvaluationResult, meta: dict) -> str:
-    lines = [f"# Q-Anchor evaluation ({meta.get('when', '')})", ""]
+    lines = ["# Q-Anchor evaluation" + (f" ({meta['when']})" if "when" in meta else ""), ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "when"]
     lines += ["", "## Mean over tasks (test users; 95% bootstrap intervals over users)", "",
               "| method | tasks | mean AUC | mean KS |", "|---|---|---|---|"]
