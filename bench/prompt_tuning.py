@@ -24,7 +24,7 @@ from feature_repo.store import UserFeatureStore  # noqa: E402
 from qanchor.model import QAnchor  # noqa: E402
 from qanchor.synthetic.tasks import TASKS  # noqa: E402
 from training.scenario_labels import validate_labels  # noqa: E402
-from training.scenario_tuning import TuningSettings, load_labelled_users, tune  # noqa: E402
+from training.scenario_tuning import TuningSettings, tune  # noqa: E402
 
 
 def main() -> None:
@@ -45,17 +45,24 @@ def main() -> None:
     table = pd.read_parquet(args.dataset / "labels")
     table = table[table["user_id"].isin(train_users)].head(args.users)
 
+    # Every task labels the same users at the same time: one point-in-time read serves all runs.
+    features = dict(zip(table["user_id"], store.features_at(list(table["user_id"]), list(table["label_time"]))))
+    known, window = store.known_users(), store.label_window()
+
     def run(task, tokens: int) -> dict:
         raw = table[["user_id", "label_time", task.name]].rename(columns={task.name: "label"})
-        labels = validate_labels(raw, store.known_users(), *store.label_window())
-        users, times = load_labelled_users(store, labels)
+        labels = validate_labels(raw, known, *window)
+        users = [features[u] for u in labels.frame["user_id"]]
+        times = [int(t.timestamp()) for t in labels.frame["label_time"]]
         start = time.perf_counter()
         result = tune(model, users, times, labels.frame["class_index"].to_numpy(), task.definition,
                       TuningSettings(tokens=tokens, steps=args.steps))
         m = result.metrics
-        return {"task": task.name, "tokens": tokens, "query_only_auc": m["query_only_val_auc"], "tuned_auc": m["val_auc"],
+        row = {"task": task.name, "tokens": tokens, "query_only_auc": m["query_only_val_auc"], "tuned_auc": m["val_auc"],
                 "query_only_ks": m["query_only_val_ks"], "tuned_ks": m["val_ks"], "steps_run": int(m["steps_run"]),
                 "seconds": time.perf_counter() - start}
+        print(row, flush=True)  # long runs: each result as it lands, the table at the end
+        return row
 
     rows = [run(task, args.tokens) for task in tasks]
     for tokens in [int(t) for t in args.sweep.split(",") if t]:
