@@ -17,27 +17,41 @@ once, with the full variant. A prompt-token sweep runs on the full variant.
 
     python bench/quality.py --dataset data/demo/raw --repo data/demo/feature_store \
         [--variants full,no_contrastive,...] [--steps 150] [--tune-steps 150] [--sweep 1,2,4,6,8]
+
+A GPU machine without Feast or MLflow (or the MiniLM weights) runs the same comparison from a
+bundle: `--export-bundle DIR` writes the pretraining pool, the held-out examples, the evaluation
+population and a text-embedding cache covering every event text in them; `--bundle DIR` then
+pretrains with `training.pretrain.fit` and scores on whatever device torch finds. The bundle is a
+pickle: load only bundles you made.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import pickle
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
 
-from feature_repo.store import UserFeatureStore  # noqa: E402
+from qanchor.modality_spec import ModalitySpec  # noqa: E402
 from qanchor.model import QAnchor  # noqa: E402
+from qanchor.model.batch import collate_users  # noqa: E402
+from qanchor.model.text_encoder import TextEmbeddingCache  # noqa: E402
+from training.data import Example, build_examples  # noqa: E402
+from training.distributed import init_distributed  # noqa: E402
 from training.evaluation.harness import TASK_NAMES, EvaluationSettings, evaluate  # noqa: E402
-from training.evaluation.population import load_population  # noqa: E402
+from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
-from training.pretrain import PretrainConfig, load_config, pretrain  # noqa: E402
+from training.pretrain import PretrainConfig, fit, load_config, pretrain, seed_everything  # noqa: E402
 
 VARIANTS = ("full", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 
@@ -70,10 +84,59 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
     return PretrainConfig.model_validate(cfg)
 
 
+@dataclass
+class Bundle:
+    """Everything a variant reads from Feast, so it can run where Feast is not installed."""
+
+    spec: ModalitySpec
+    train: list[Example]        # the pretraining pool (100%), shuffled
+    val: list[Example]          # held-out retrieval examples
+    population: EvaluationPopulation
+    dataset: str
+
+
+def export_bundle(folder: Path, bundle: Bundle) -> None:
+    """The bundle, plus a text-embedding cache holding every event text its users carry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = TextEmbeddingCache()
+    examples = bundle.train + bundle.val
+    users = [e.features for e in examples] + bundle.population.users
+    times = [e.reference_time for e in examples] + bundle.population.reference_times
+    for start in range(0, len(users), 256):
+        collate_users(users[start:start + 256], times[start:start + 256], bundle.spec, cache)
+    cache.save(folder / "text_cache.npz")
+    with gzip.open(folder / "bundle.pkl.gz", "wb") as fh:
+        pickle.dump(vars(bundle), fh)  # fields only: the class's module differs between script and import
+
+
+def load_bundle(folder: Path) -> tuple[Bundle, TextEmbeddingCache]:
+    with gzip.open(folder / "bundle.pkl.gz", "rb") as fh:
+        bundle = Bundle(**pickle.load(fh))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return bundle, TextEmbeddingCache.load(folder / "text_cache.npz", device=device)
+
+
+def pretrain_from_bundle(cfg: PretrainConfig, bundle: Bundle, cache: TextEmbeddingCache) -> QAnchor:
+    """`pretrain` without Feast or MLflow: same seeds, same loop, the pool's leading share for data_*."""
+    d = init_distributed()
+    seed_everything(cfg.seed)
+    model = QAnchor.build(bundle.spec, cfg.model, seed=cfg.seed)
+    model.cache = cache
+    train = bundle.train[:cfg.data.max_train_examples]
+    accuracy = fit(model, train, bundle.val, cfg, d, progress=False)
+    print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / min(cfg.data.eval_batch_size, len(bundle.val)):.3f})", flush=True)
+    folder = model.save_pretrained(Path(cfg.output_dir) / "final")
+    loaded = QAnchor.from_pretrained(folder, device=d.device)
+    loaded.cache = cache
+    return loaded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--dataset", type=Path, help="Dataset directory (`qanchor data generate` output).")
+    parser.add_argument("--repo", type=Path, help="Feast repository of that dataset.")
+    parser.add_argument("--bundle", type=Path, help="Run from a bundle instead of --dataset/--repo (no Feast, no MLflow).")
+    parser.add_argument("--export-bundle", type=Path, help="Write a bundle for --bundle and stop.")
     parser.add_argument("--config", type=Path, default=Path("training/configs/pretrain_tiny.yaml"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--smollm2", action="store_true", help="Also pretrain and score the smollm2-135m backbone.")
@@ -87,13 +150,35 @@ def main() -> None:
     parser.add_argument("--max-users", type=int, default=None)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
+    parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
     args = parser.parse_args()
+    if (args.bundle is None) == (args.dataset is None or args.repo is None):
+        parser.error("give either --dataset and --repo, or --bundle")
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
-    args.out.mkdir(parents=True, exist_ok=True)
-    store = UserFeatureStore(args.repo)
-    population = load_population(store, args.dataset, args.max_users)
+    unknown = sorted(set(variants) - {*VARIANTS, "smollm2"})
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}")
     base = load_config(args.config)
-    pool = min(train_examples(args.dataset), args.pretrain_examples or args.steps * base.optim.batch_size)
+    bundle = cache = None
+    if args.bundle is not None:
+        bundle, cache = load_bundle(args.bundle)
+        population, pool, dataset = bundle.population, len(bundle.train), Path(bundle.dataset)
+    else:
+        from feature_repo.store import UserFeatureStore
+
+        store = UserFeatureStore(args.repo)
+        population = load_population(store, args.dataset, args.max_users)
+        pool = min(train_examples(args.dataset), args.pretrain_examples or args.steps * base.optim.batch_size)
+        dataset = args.dataset
+        if args.export_bundle is not None:
+            export_bundle(args.export_bundle, Bundle(
+                store.spec, build_examples(store, dataset, "train", base.data.future_ratio, pool, base.seed),
+                build_examples(store, dataset, "val", base.data.future_ratio, base.data.val_examples, base.seed + 1),
+                population, str(dataset)))
+            print(f"wrote {args.export_bundle}: {pool} pretraining examples, {len(population.users)} evaluation users")
+            return
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = bundle.spec if bundle is not None else store.spec
     rows: list[dict] = []
 
     def record(variant: str, result, seconds: float) -> None:
@@ -106,12 +191,19 @@ def main() -> None:
     for variant in variants:
         start = time.perf_counter()
         if variant == "no_pretraining":
-            model = QAnchor.build(store.spec, base.model, seed=base.seed)
+            model = QAnchor.build(spec, base.model, seed=base.seed)
+            if cache is not None:
+                model.cache = cache
+                model.network.to(init_distributed().device)
         else:
-            cfg = variant_config(base, variant, args.dataset, args.repo, args.steps, pool, args.out)
-            model = QAnchor.from_pretrained(pretrain(cfg, progress=False)["model_dir"])
+            cfg = variant_config(base, variant, dataset, args.repo or Path("."), args.steps, pool, args.out)
+            if bundle is not None:
+                model = pretrain_from_bundle(cfg, bundle, cache)
+            else:
+                model = QAnchor.from_pretrained(pretrain(cfg, progress=False)["model_dir"])
         models[variant] = model
-        settings = EvaluationSettings(baselines=variant == "full",
+        # The baselines need LightGBM and the MiniLM weights, which a bundle's machine may lack.
+        settings = EvaluationSettings(baselines=variant == "full" and bundle is None,
                                       prompt_tuning=args.tune_all or variant in ("full", "no_pretraining"),
                                       paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
         result = evaluate(model, population, settings)
@@ -124,11 +216,16 @@ def main() -> None:
         start = time.perf_counter()
         settings = EvaluationSettings(tasks=sweep_tasks, baselines=False, paraphrases=False, tokens=tokens,
                                       tune_steps=args.tune_steps, resamples=args.resamples)
-        result = evaluate(models.get("full") or QAnchor.from_pretrained(args.out / "runs" / "full" / "final"),
-                          population, settings)
+        full = models.get("full")
+        if full is None:
+            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final")
+            full.cache = cache or full.cache
+        result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
-    emit("quality", rows, {"dataset": str(args.dataset), "config": str(args.config), "pretrain_steps": args.steps, "pretrain_examples": pool,
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    emit(args.results_name, rows, {"dataset": str(dataset), "config": str(args.config), "device": device,
+                                   "from_bundle": args.bundle is not None, "pretrain_steps": args.steps, "pretrain_examples": pool,
                            "tune_steps": args.tune_steps, "users": {p: int((population.part == p).sum())
                                                                      for p in ("train", "val", "test")}})
 

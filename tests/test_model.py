@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from conftest import AS_OF
 from qanchor.model import BackboneSettings, ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
+from qanchor.model.text_encoder import TextEmbeddingCache
 
 REF = int(pd.Timestamp(AS_OF).timestamp())
 
@@ -119,3 +121,21 @@ def test_lora_trains_adapters_and_new_tokens_only_and_round_trips(spec, users, t
     before = model.embed(users[:2], ["repay late?"], reference_time=REF)
     loaded = QAnchor.from_pretrained(model.save_pretrained(tmp_path / "lora"))
     assert abs(loaded.embed(users[:2], ["repay late?"], reference_time=REF) - before).max() < 1e-6
+
+
+def test_saved_text_cache_serves_known_texts_without_loading_the_encoder(tiny, users, tmp_path):
+    texts = [t for u in users for events in u.modalities.values() for t in events.texts]
+    ids = tiny.cache.ids(texts)
+    expected = tiny.cache.table()[ids]
+    tiny.cache.save(tmp_path / "texts.npz")
+
+    restored = TextEmbeddingCache.load(tmp_path / "texts.npz", model_dir=tmp_path / "no-encoder-here")
+    assert torch.equal(restored.table()[restored.ids(texts)], expected)
+    with pytest.raises(OSError):  # an unseen text needs the encoder, which this cache was told lives nowhere
+        restored.ids(["a text no user ever produced"])
+
+
+def test_text_cache_load_refuses_a_file_that_is_not_one(tmp_path):
+    np.savez(tmp_path / "other.npz", keys=np.array(["a", "b"]), rows=np.zeros((2, 7), dtype=np.float32))
+    with pytest.raises(ValueError, match="not a saved text-embedding cache"):
+        TextEmbeddingCache.load(tmp_path / "other.npz")

@@ -12,6 +12,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def load_config(path: Path) -> PretrainConfig:
         raise ConfigError(f"invalid pretraining config {path}:\n" + "\n".join(lines)) from None
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -172,8 +173,12 @@ def _save_checkpoint(folder: Path, model: QAnchor, optimizer, scheduler, step: i
     tmp.rename(folder)
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    folders = sorted((Path(output_dir) / CHECKPOINT_DIR).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    folders = sorted((Path(output_dir) / CHECKPOINT_DIR).glob("step-*"), key=checkpoint_step)
     return folders[-1] if folders else None
 
 
@@ -186,33 +191,24 @@ def _flatten(prefix: str, value: object, out: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train, evaluate, save, log and (rank 0) register. Returns a summary dict."""
-    from feature_repo.store import UserFeatureStore
-    from training import tracking
-
-    d = init_distributed()
-    _seed_everything(cfg.seed + d.rank)
-    store = UserFeatureStore(cfg.data.feature_repo)
-    spec = store.spec
-    if cfg.data.modalities is not None:
-        unknown = sorted(set(cfg.data.modalities) - set(spec.names))
-        if unknown:
-            raise ConfigError(f"data.modalities names {unknown}, which the feature repository's spec lacks "
-                              f"(it has {list(spec.names)})")
-        spec = spec.model_copy(update={"modalities": tuple(m for m in spec.modalities if m.name in cfg.data.modalities)})
-    uri = tracking.tracking_uri(cfg.tracking.uri)
-    if d.main:
-        experiment_id = tracking.open_experiment(uri, cfg.tracking.experiment)
-    model = QAnchor.build(spec, cfg.model, seed=cfg.seed)  # raises BackboneError for an unknown preset
-    model.network.to(d.device).train()
-
-    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed)
-    val = build_examples(store, cfg.data.dataset, "val", cfg.data.future_ratio, cfg.data.val_examples, cfg.seed + 1)
+def _check_rows_per_rank(cfg: PretrainConfig, d: Dist) -> None:
     per_rank = cfg.optim.batch_size // d.world
     if per_rank < 2:
         raise ConfigError(f"batch_size {cfg.optim.batch_size} gives {per_rank} rows per rank on {d.world} ranks; need >= 2")
 
+
+def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainConfig, d: Dist, *,
+        checkpoint: Path | None = None, progress: bool = True,
+        log_metrics: Callable[[dict[str, float], int], None] | None = None) -> float:
+    """The training loop alone, then held-out retrieval accuracy (rank 0; 0.0 on other ranks).
+
+    It touches no feature store and no tracking server, so it runs wherever examples can be
+    built or carried (a GPU node without Feast or MLflow, a benchmark); `pretrain` wraps it with
+    both. `checkpoint` resumes weights, optimizer, schedule and RNG state; `log_metrics(metrics,
+    step)` is called on rank 0 every `cfg.log_every` steps.
+    """
+    _check_rows_per_rank(cfg, d)
+    model.network.to(d.device).train()
     optimizer = _optimizer(model, cfg.optim, fused=d.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
     if cfg.optim.compile if cfg.optim.compile is not None else d.device.type == "cuda":
@@ -222,7 +218,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         network = torch.nn.parallel.DistributedDataParallel(model.network, find_unused_parameters=True)
     bf16 = cfg.optim.bf16 if cfg.optim.bf16 is not None else d.device.type == "cuda"
     start_step = 0
-    checkpoint = latest_checkpoint(cfg.output_dir) if resume else None
     if checkpoint is not None:
         from safetensors.torch import load_model
 
@@ -237,49 +232,81 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
 
     rng = np.random.default_rng(cfg.seed)
     order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(cfg.optim.steps * cfg.optim.batch_size / len(train)) + 1)])
+    bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
+               disable=not (progress and d.main))
+    tick, tokens_since = time.perf_counter(), 0.0
+    for step in bar:
+        ids = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size][d.rank::d.world]
+        batch = [train[i] for i in ids]
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = step_losses(network, model, batch, cfg, d)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        tokens_since += losses["tokens"].item() * d.world
+        if d.main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.steps):
+            elapsed = time.perf_counter() - tick
+            metrics = {k: float(v.detach()) for k, v in losses.items() if k != "tokens"}
+            metrics["tokens_per_s"] = tokens_since / elapsed
+            metrics["lr"] = scheduler.get_last_lr()[0]
+            if log_metrics is not None:
+                log_metrics(metrics, step + 1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['retrieval_acc']:.2f}",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+            tick, tokens_since = time.perf_counter(), 0.0
+        if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
+            _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
+    if not d.main:
+        return 0.0
+    return evaluate_retrieval(model, val, min(cfg.data.eval_batch_size, len(val)))
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Build examples from Feast, `fit`, then save, log and (rank 0) register. Returns a summary dict."""
+    from feature_repo.store import UserFeatureStore
+    from training import tracking
+
+    d = init_distributed()
+    seed_everything(cfg.seed + d.rank)
+    _check_rows_per_rank(cfg, d)
+    store = UserFeatureStore(cfg.data.feature_repo)
+    spec = store.spec
+    if cfg.data.modalities is not None:
+        unknown = sorted(set(cfg.data.modalities) - set(spec.names))
+        if unknown:
+            raise ConfigError(f"data.modalities names {unknown}, which the feature repository's spec lacks "
+                              f"(it has {list(spec.names)})")
+        spec = spec.model_copy(update={"modalities": tuple(m for m in spec.modalities if m.name in cfg.data.modalities)})
+    uri = tracking.tracking_uri(cfg.tracking.uri)
+    if d.main:
+        experiment_id = tracking.open_experiment(uri, cfg.tracking.experiment)
+    model = QAnchor.build(spec, cfg.model, seed=cfg.seed)  # raises BackboneError for an unknown preset
+
+    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed)
+    val = build_examples(store, cfg.data.dataset, "val", cfg.data.future_ratio, cfg.data.val_examples, cfg.seed + 1)
+    checkpoint = latest_checkpoint(cfg.output_dir) if resume else None
     run = None
     if d.main:
         run = tracking.mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True)
         tracking.mlflow.log_params({k: v[:500] for k, v in _flatten("", json.loads(cfg.model_dump_json()), {}).items()})
         tracking.mlflow.log_params({"world_size": d.world, "train_examples": len(train), "val_examples": len(val),
                                     "feature_version": store.feature_version, "feature_service": "userU",
-                                    "device": str(d.device), "resumed_from_step": start_step})
+                                    "device": str(d.device),
+                                    "resumed_from_step": checkpoint_step(checkpoint) if checkpoint else 0})
         tracking.mlflow.log_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), "config.yaml")
     summary: dict = {}
     try:
-        bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
-                   disable=not (progress and d.main))
-        tick, tokens_since = time.perf_counter(), 0.0
-        for step in bar:
-            ids = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size][d.rank::d.world]
-            batch = [train[i] for i in ids]
-            with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
-                losses = step_losses(network, model, batch, cfg, d)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            tokens_since += losses["tokens"].item() * d.world
-            if d.main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.steps):
-                elapsed = time.perf_counter() - tick
-                metrics = {k: float(v.detach()) for k, v in losses.items() if k != "tokens"}
-                metrics["tokens_per_s"] = tokens_since / elapsed
-                metrics["lr"] = scheduler.get_last_lr()[0]
-                tracking.mlflow.log_metrics(metrics, step=step + 1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['retrieval_acc']:.2f}",
-                                tok_s=f"{metrics['tokens_per_s']:.0f}")
-                tick, tokens_since = time.perf_counter(), 0.0
-            if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
-                _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
+        accuracy = fit(model, train, val, cfg, d, checkpoint=checkpoint, progress=progress,
+                       log_metrics=lambda metrics, step: tracking.mlflow.log_metrics(metrics, step=step))
         if d.main:
-            eval_batch = min(cfg.data.eval_batch_size, len(val))
-            accuracy = evaluate_retrieval(model, val, eval_batch)
-            tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": 1 / eval_batch})
+            chance = 1 / min(cfg.data.eval_batch_size, len(val))
+            tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": chance})
             final = model.save_pretrained(Path(cfg.output_dir) / "final")
             example = pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"], "reference_time": [0]})
             model_uri = tracking.log_backbone(final, example)
-            summary = {"run_id": run.info.run_id, "val_retrieval_acc": accuracy, "chance": 1 / eval_batch,
+            summary = {"run_id": run.info.run_id, "val_retrieval_acc": accuracy, "chance": chance,
                        "model_dir": str(final), "model_uri": model_uri}
             if cfg.tracking.register_model:
                 summary["version"] = tracking.register(model_uri, cfg.tracking.registered_model, cfg.tracking.alias, {

@@ -11,6 +11,7 @@ AUC is checked every `eval_every` steps; the best state is kept and training sto
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from feature_repo.store import UserFeatureStore
 from qanchor.features import UserFeatures
 from qanchor.model import QAnchor
 from qanchor.scenario import ScenarioPrompt, kmeans_prototypes, ks_statistic, prototypical_loss
 from training.scenario_labels import ScenarioLabels
+
+if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these run without it
+    from feature_repo.store import UserFeatureStore
 
 
 class TuningSettings(BaseModel):

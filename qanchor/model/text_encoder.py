@@ -33,16 +33,42 @@ class TextEmbeddingCache:
     dim = 384
 
     def __init__(self, model_dir: Path | None = None, batch_size: int = 256, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
-        path = model_dir or minilm_path()
-        self._tokenizer = AutoTokenizer.from_pretrained(path)
-        self._model = AutoModel.from_pretrained(path).eval().to(device)
+        self._model_dir = model_dir
+        self._encoder: tuple | None = None  # (tokenizer, model), loaded on the first unseen text
         self._device = device
         self._batch_size = batch_size
         self._index: dict[str, int] = {"": 0}
         self._rows: list[np.ndarray] = [np.zeros((1, self.dim), dtype=np.float32)]  # row 0: padding
         self._on_device: torch.Tensor | None = None
+
+    def save(self, path: Path) -> None:
+        """Every key and row so far, as one `.npz` (no pickle).
+
+        A warmed cache travels with a job to a machine without the MiniLM weights: as long as
+        every text it meets was seen here, the encoder is never loaded there.
+        """
+        keys = sorted(self._index, key=self._index.__getitem__)
+        np.savez(path, keys=np.array(keys, dtype=str), rows=np.concatenate(self._rows))
+
+    @classmethod
+    def load(cls, path: Path, model_dir: Path | None = None, batch_size: int = 256, device: str = "cpu") -> TextEmbeddingCache:
+        """A cache saved by `save`; texts it lacks are encoded (loading MiniLM) as usual."""
+        with np.load(path, allow_pickle=False) as data:
+            keys, rows = data["keys"].tolist(), data["rows"].astype(np.float32)
+        if rows.shape != (len(keys), cls.dim) or not keys or keys[0] != "" or len(set(keys)) != len(keys):
+            raise ValueError(f"{path} is not a saved text-embedding cache: {len(keys)} keys, rows {rows.shape}")
+        cache = cls(model_dir, batch_size, device)
+        cache._index = {k: i for i, k in enumerate(keys)}
+        cache._rows = [rows]
+        return cache
+
+    def _tokenizer_and_model(self) -> tuple:
+        if self._encoder is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            path = self._model_dir or minilm_path()
+            self._encoder = (AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval().to(self._device))
+        return self._encoder
 
     def __len__(self) -> int:
         return len(self._index)
@@ -54,10 +80,11 @@ class TextEmbeddingCache:
         Event texts are short (64 tokens); longer documents may pass up to MiniLM's 256.
         """
         out = []
+        tokenizer, model = self._tokenizer_and_model() if texts else (None, None)
         for start in range(0, len(texts), self._batch_size):
             chunk = texts[start:start + self._batch_size]
-            enc = self._tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(self._device)
-            hidden = self._model(**enc).last_hidden_state
+            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(self._device)
+            hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())

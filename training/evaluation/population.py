@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from feature_repo.store import UserFeatureStore
 from qanchor.features import UserFeatures
 from qanchor.synthetic.tasks import TASKS
+
+if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these run without it
+    from feature_repo.store import UserFeatureStore
 
 PARTS = ("train", "val", "test")
 
