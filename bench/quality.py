@@ -123,7 +123,7 @@ def pretrain_from_bundle(cfg: PretrainConfig, bundle: Bundle, cache: TextEmbeddi
     model = QAnchor.build(bundle.spec, cfg.model, seed=cfg.seed)
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
-    accuracy = fit(model, train, bundle.val, cfg, d, progress=False)
+    accuracy = fit(model, train, bundle.val, cfg, d)
     print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / min(cfg.data.eval_batch_size, len(bundle.val)):.3f})", flush=True)
     folder = model.save_pretrained(Path(cfg.output_dir) / "final")
     loaded = QAnchor.from_pretrained(folder, device=d.device)
@@ -144,7 +144,8 @@ def main() -> None:
     parser.add_argument("--pretrain-examples", type=int, default=None,
                         help="The pretraining set (100%%). Default: one epoch of --steps, capped by the train split.")
     parser.add_argument("--tune-steps", type=int, default=150)
-    parser.add_argument("--tune-all", action="store_true", help="Prompt-tune every variant (default: full, no_pretraining).")
+    parser.add_argument("--tune", choices=("default", "all", "none"), default="default",
+                        help="Which variants get a tuned soft prompt (default: full, no_pretraining).")
     parser.add_argument("--sweep", default="1,2,4,6,8", help="Prompt-token counts on the full variant ('' to skip).")
     parser.add_argument("--sweep-tasks", default="mkt_travel_booking,eng_checkin_streak")
     parser.add_argument("--max-users", type=int, default=None)
@@ -204,7 +205,7 @@ def main() -> None:
         models[variant] = model
         # The baselines need LightGBM and the MiniLM weights, which a bundle's machine may lack.
         settings = EvaluationSettings(baselines=variant == "full" and bundle is None,
-                                      prompt_tuning=args.tune_all or variant in ("full", "no_pretraining"),
+                                      prompt_tuning=args.tune == "all" or (args.tune == "default" and variant in ("full", "no_pretraining")),
                                       paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
         result = evaluate(model, population, settings)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
