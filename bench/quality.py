@@ -155,6 +155,8 @@ def main() -> None:
     args = parser.parse_args()
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")
+    if args.bundle is not None and args.export_bundle is not None:
+        parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
     unknown = sorted(set(variants) - {*VARIANTS, "smollm2"})
     if unknown:
@@ -219,16 +221,17 @@ def main() -> None:
                                       tune_steps=args.tune_steps, resamples=args.resamples)
         full = models.get("full")
         if full is None:
-            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final")
-            full.cache = cache or full.cache
+            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final", device=init_distributed().device)
+            if cache is not None:
+                full.cache = cache
         result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    emit(args.results_name, rows, {"dataset": str(dataset), "config": str(args.config), "device": device,
-                                   "from_bundle": args.bundle is not None, "pretrain_steps": args.steps, "pretrain_examples": pool,
-                           "tune_steps": args.tune_steps, "users": {p: int((population.part == p).sum())
-                                                                     for p in ("train", "val", "test")}})
+    emit(args.results_name, rows, {
+        "dataset": str(dataset), "config": str(args.config), "device": device, "from_bundle": args.bundle is not None,
+        "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
+        "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")}})
 
 
 if __name__ == "__main__":
