@@ -59,8 +59,8 @@ def main() -> None:
                       TuningSettings(tokens=tokens, steps=args.steps))
         m = result.metrics
         row = {"task": task.name, "tokens": tokens, "query_only_auc": m["query_only_val_auc"], "tuned_auc": m["val_auc"],
-                "query_only_ks": m["query_only_val_ks"], "tuned_ks": m["val_ks"], "steps_run": int(m["steps_run"]),
-                "seconds": time.perf_counter() - start}
+               "query_only_ks": m["query_only_val_ks"], "tuned_ks": m["val_ks"], "steps_run": int(m["steps_run"]),
+               "seconds": time.perf_counter() - start}
         print(row, flush=True)  # long runs: each result as it lands, the table at the end
         return row
 

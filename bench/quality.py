@@ -51,7 +51,14 @@ from training.distributed import init_distributed  # noqa: E402
 from training.evaluation.harness import TASK_NAMES, EvaluationSettings, evaluate  # noqa: E402
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
-from training.pretrain import PretrainConfig, fit, load_config, pretrain, seed_everything  # noqa: E402
+from training.pretrain import (  # noqa: E402
+    PretrainConfig,
+    fit,
+    load_config,
+    pretrain,
+    retrieval_batch_size,
+    seed_everything,
+)
 
 VARIANTS = ("full", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 
@@ -124,7 +131,7 @@ def pretrain_from_bundle(cfg: PretrainConfig, bundle: Bundle, cache: TextEmbeddi
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
     accuracy = fit(model, train, bundle.val, cfg, d)
-    print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / min(cfg.data.eval_batch_size, len(bundle.val)):.3f})", flush=True)
+    print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / retrieval_batch_size(cfg, len(bundle.val)):.3f})", flush=True)
     folder = model.save_pretrained(Path(cfg.output_dir) / "final")
     loaded = QAnchor.from_pretrained(folder, device=d.device)
     loaded.cache = cache

@@ -143,6 +143,11 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
             "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
 
 
+def retrieval_batch_size(cfg: PretrainConfig, n_val: int) -> int:
+    """Candidates per held-out retrieval batch; chance accuracy is its inverse."""
+    return min(cfg.data.eval_batch_size, n_val)
+
+
 @torch.no_grad()
 def evaluate_retrieval(model: QAnchor, examples: list[Example], batch_size: int) -> float:
     """Held-out anchor->answer top-1 accuracy within batches of `batch_size` (chance = 1/batch_size)."""
@@ -260,7 +265,7 @@ def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainC
             _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
     if not d.main:
         return 0.0
-    return evaluate_retrieval(model, val, min(cfg.data.eval_batch_size, len(val)))
+    return evaluate_retrieval(model, val, retrieval_batch_size(cfg, len(val)))
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -301,7 +306,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         accuracy = fit(model, train, val, cfg, d, checkpoint=checkpoint, progress=progress,
                        log_metrics=lambda metrics, step: tracking.mlflow.log_metrics(metrics, step=step))
         if d.main:
-            chance = 1 / min(cfg.data.eval_batch_size, len(val))
+            chance = 1 / retrieval_batch_size(cfg, len(val))
             tracking.mlflow.log_metrics({"val_retrieval_acc": accuracy, "val_retrieval_chance": chance})
             final = model.save_pretrained(Path(cfg.output_dir) / "final")
             example = pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"], "reference_time": [0]})
