@@ -8,6 +8,7 @@ hierarchical encoder) is derived from it, so a team bringing its own data only w
 
 from __future__ import annotations
 
+import hashlib
 import string
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,10 @@ EVENT_KEY_COLUMNS = ("user_id", "event_time", "modality", "text")
 
 class ModalitySpecError(ValueError):
     """A spec file that cannot be used; the message names each offending field."""
+
+
+class FeatureSchemaError(ValueError):
+    """Features laid out by one spec offered to a model trained on another."""
 
 
 class _Strict(BaseModel):
@@ -172,11 +177,35 @@ class ModalitySpec(_Strict):
     def window_days(self) -> int:
         return max((m.window_days for m in self.event_modalities), default=0)
 
+    def fingerprint(self) -> str:
+        """Short content hash: two specs with the same fingerprint lay features out identically."""
+        return "spec-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
     def modality(self, name: str) -> EventModality | ProfileModality:
         for m in self.modalities:
             if m.name == name:
                 return m
         raise KeyError(f"unknown modality {name!r}; spec has {list(self.names)}")
+
+
+def spec_differences(expected: ModalitySpec, actual: ModalitySpec) -> list[str]:
+    """Human-readable differences between two specs (empty when they lay features out the same)."""
+    if expected == actual:
+        return []
+    problems = []
+    if expected.names != actual.names:
+        problems.append(f"modalities {list(expected.names)} vs {list(actual.names)}")
+    ours = {m.name: m.model_dump() for m in expected.modalities}
+    for m in actual.modalities:
+        if m.name not in ours:
+            continue
+        theirs = m.model_dump()
+        changed = sorted(k for k in ours[m.name].keys() | theirs.keys() if ours[m.name].get(k) != theirs.get(k))
+        if changed:
+            problems.append(f"modality {m.name!r} differs in {changed}")
+    if expected.max_text_chars != actual.max_text_chars:
+        problems.append(f"max_text_chars {expected.max_text_chars} vs {actual.max_text_chars}")
+    return problems or ["specs differ"]
 
 
 def _describe(err: ValidationError, data: object) -> str:

@@ -139,3 +139,42 @@ def test_text_cache_load_refuses_a_file_that_is_not_one(tmp_path):
     np.savez(tmp_path / "other.npz", keys=np.array(["a", "b"]), rows=np.zeros((2, 7), dtype=np.float32))
     with pytest.raises(ValueError, match="not a saved text-embedding cache"):
         TextEmbeddingCache.load(tmp_path / "other.npz")
+
+
+def test_a_model_folder_embeds_without_feast_mlflow_or_bentoml(tiny, users, tmp_path):
+    """The core loads folders: a serving or batch process that embeds from a saved model pulls in
+    none of the platform services (they live in feature_repo, training and serving)."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    folder = tiny.save_pretrained(tmp_path / "model")
+    user = asdict(users[0])
+    script = f"""
+import json, sys
+from qanchor.features import ModalityEvents, UserFeatures
+from qanchor.model import QAnchor
+raw = json.loads({json.dumps(user, default=list)!r})
+user = UserFeatures(raw["user_id"], {{k: ModalityEvents(tuple(v["texts"]), tuple(v["times"]),
+                    {{n: tuple(x) for n, x in v["numeric"].items()}}) for k, v in raw["modalities"].items()}}, raw["profile"])
+model = QAnchor.from_pretrained({str(folder)!r}, registry_version="3")
+vector = model.embed(user, ["will this user travel soon?"], reference_time={REF})
+assert vector.shape == (1, 1, 128) and model.registry_version == "3"
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & {{"feast", "mlflow", "bentoml"}})))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_features_of_another_modality_spec_are_refused_naming_both(tiny, spec):
+    from qanchor.modality_spec import FeatureSchemaError
+
+    tiny.check_features(spec)
+    bill = spec.modality("bill")
+    other = spec.model_copy(update={"modalities": tuple(
+        m.model_copy(update={"max_events": m.max_events + 1}) if m.name == "bill" else m for m in spec.modalities)})
+    assert bill.max_events != other.modality("bill").max_events
+    with pytest.raises(FeatureSchemaError, match=rf"{spec.fingerprint()}.*{other.fingerprint()}.*'bill' differs in \['max_events'\]"):
+        tiny.check_features(other)

@@ -16,6 +16,7 @@ from conftest import AS_OF
 from qanchor.cli import cli
 from qanchor.model import QAnchor
 from training.pretrain import ConfigError, PretrainConfig, latest_checkpoint, load_config, pretrain
+from training.registry import load_model
 from training.tracking import TrackingError
 
 STEPS, BATCH = 12, 16
@@ -97,7 +98,7 @@ def test_registered_challenger_loads_by_alias_with_identical_embeddings(trained,
     ref = int(pd.Timestamp(AS_OF).timestamp())
     queries = ["will this user repay late?", "what will this user do in the next 30 days?"]
     local = QAnchor.from_pretrained(summary["model_dir"]).embed(users, queries, reference_time=ref)
-    registered = QAnchor.from_registry("challenger").embed(users, queries, reference_time=ref)
+    registered = load_model("challenger").embed(users, queries, reference_time=ref)
     assert (local == registered).all()
     mlflow.set_tracking_uri(cfg.tracking.uri)
     pyfunc = mlflow.pyfunc.load_model("models:/qanchor-backbone@challenger")

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from qanchor.cli import cli
 from training.pretrain import PretrainConfig, pretrain
 from training.scenario_labels import ScenarioLabelError
-from training.scenario_registry import ScenarioError, list_scenarios, register_scenario, show_scenario
+from training.registry import ScenarioError, list_scenarios, load_model, load_scenario, show_scenario
+from training.scenario_registry import register_scenario
 from training.scenario_tuning import TuningSettings
 
 
@@ -56,7 +57,7 @@ def test_tuned_and_query_only_scenarios_are_registered_beside_their_backbone(reg
     assert version.tags["backbone_version"] == tuned.backbone_version == "1"
     shown = show_scenario("travel_buyers")
     assert shown["classes"] == ["0", "1"] and shown["tokens"] == 2
-    assert {r["name"] for r in list_scenarios()} == {"travel_buyers", "night_owls"}
+    assert {r.name for r in list_scenarios()} == {"travel_buyers", "night_owls"}
     assert show_scenario("night_owls")["zero_shot"] is True
 
 
@@ -64,8 +65,8 @@ def test_archive_hides_a_version_from_the_list(registry, sqlite_store):
     register_scenario("to_archive", "anything?", sqlite_store, backbone="challenger")
     result = CliRunner().invoke(cli, ["scenario", "archive", "--name", "to_archive", "--version", "1"])
     assert result.exit_code == 0, result.output
-    assert "to_archive" not in {r["name"] for r in list_scenarios()}
-    assert "to_archive" in {r["name"] for r in list_scenarios(include_archived=True)}
+    assert "to_archive" not in {r.name for r in list_scenarios()}
+    assert "to_archive" in {r.name for r in list_scenarios(include_archived=True)}
 
 
 @pytest.mark.parametrize(
@@ -94,22 +95,22 @@ def test_unknown_backbone_is_refused(registry, sqlite_store):
 
 
 def test_model_embeds_and_scores_with_a_registered_scenario(registry, sqlite_store, dataset, travel_labels):
-    from qanchor.model import QAnchor
     from qanchor.scenario import ScenarioMismatchError
 
-    if "travel_buyers" not in {r["name"] for r in list_scenarios()}:
+    if "travel_buyers" not in {r.name for r in list_scenarios()}:
         register_scenario("travel_buyers", "has this user paid for travel recently?", sqlite_store, travel_labels,
                           backbone="challenger", settings=TuningSettings(tokens=2, steps=6, batch_size=16, eval_every=3))
-    model = QAnchor.from_registry("challenger")
+    model = load_model("challenger")
     assert model.registry_version == "1"
+    travel = load_scenario("travel_buyers")
     users = sqlite_store.online(pd.read_parquet(dataset / "profiles")["user_id"].head(3).tolist())
-    probabilities = model.score(users, "travel_buyers")
+    probabilities = model.score(users, travel)
     assert probabilities.shape == (3, 2)
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-5
-    with_prompt = model.embed(users, scenario="travel_buyers")
+    with_prompt = model.embed(users, scenario=travel)
     plain = model.embed(users, ["has this user paid for travel recently?"])
     assert with_prompt.shape == plain.shape == (3, 1, 128)
     assert abs(with_prompt - plain).max() > 1e-4, "the soft prompt must change the embedding"
     model.registry_version = "2"
     with pytest.raises(ScenarioMismatchError, match="tuned on backbone v1"):
-        model.score(users, "travel_buyers")
+        model.score(users, travel)

@@ -8,8 +8,8 @@ import click
 
 from qanchor.model.backbone import BackboneError
 from training.pretrain import ConfigError, load_config, pretrain as run_pretrain
-from training import tracking
-from training.tracking import BACKBONE_MODEL, TrackingError, promote as set_alias, tracking_uri
+from training.registry import BACKBONE_MODEL, ScenarioError
+from training.tracking import TrackingError
 
 
 @click.command("pretrain")
@@ -36,9 +36,8 @@ def pretrain(config_path: Path, resume: bool) -> None:
 @click.option("--name", default=BACKBONE_MODEL, show_default=True, help="Registered model name.")
 def promote(version: str, alias: str, name: str) -> None:
     """Move an alias (default `champion`) of a registered backbone onto VERSION."""
-    from training.tracking import mlflow
+    from training.registry import promote as set_alias
 
-    mlflow.set_tracking_uri(tracking_uri())
     try:
         set_alias(version, name=name, alias=alias)
     except TrackingError as err:
@@ -63,7 +62,7 @@ def scenario_register(name: str, query: str, labels_path: Path | None, repo: Pat
 
     from feature_repo.store import UserFeatureStore
     from training.scenario_labels import ScenarioLabelError
-    from training.scenario_registry import ScenarioError, register_scenario
+    from training.scenario_registry import register_scenario
     from training.scenario_tuning import TuningSettings
 
     try:
@@ -82,12 +81,11 @@ def scenario_register(name: str, query: str, labels_path: Path | None, repo: Pat
 @click.option("--all", "include_archived", is_flag=True, help="Include archived versions.")
 def scenario_list(include_archived: bool) -> None:
     """List registered scenarios."""
-    from training.scenario_registry import list_scenarios
+    from training.registry import list_scenarios
 
-    tracking.mlflow.set_tracking_uri(tracking_uri())
     for row in list_scenarios(include_archived):
-        flags = ("zero-shot" if row["zero_shot"] else "tuned") + (", archived" if row["archived"] else "")
-        click.echo(f"{row['name']:<24} v{row['version']:<4} backbone v{row['backbone_version']:<4} {flags:<18} {row['query']}")
+        flags = ("zero-shot" if row.zero_shot else "tuned") + (", archived" if row.archived else "")
+        click.echo(f"{row.name:<24} v{row.version:<4} backbone v{row.backbone_version:<4} {flags:<18} {row.query}")
 
 
 @click.command("show")
@@ -97,12 +95,11 @@ def scenario_show(name: str, version: str | None) -> None:
     """Print a scenario version's definition and metrics as JSON."""
     import json
 
-    from training.scenario_registry import ScenarioError, show_scenario
+    from training.registry import show_scenario
 
-    tracking.mlflow.set_tracking_uri(tracking_uri())
     try:
         click.echo(json.dumps(show_scenario(name, version), indent=2))
-    except ScenarioError as err:
+    except (ScenarioError, TrackingError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -111,11 +108,10 @@ def scenario_show(name: str, version: str | None) -> None:
 @click.option("--version", required=True)
 def scenario_archive(name: str, version: str) -> None:
     """Archive a scenario version (kept for audit, no longer listed or served)."""
-    from training.scenario_registry import ScenarioError, archive_scenario
+    from training.registry import archive_scenario
 
-    tracking.mlflow.set_tracking_uri(tracking_uri())
     try:
         archive_scenario(name, version)
-    except ScenarioError as err:
+    except (ScenarioError, TrackingError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"archived {name} v{version}")

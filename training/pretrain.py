@@ -271,7 +271,7 @@ def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainC
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Build examples from Feast, `fit`, then save, log and (rank 0) register. Returns a summary dict."""
     from feature_repo.store import UserFeatureStore
-    from training import tracking
+    from training import registry, tracking
 
     d = init_distributed()
     seed_everything(cfg.seed + d.rank)
@@ -314,7 +314,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
             summary = {"run_id": run.info.run_id, "val_retrieval_acc": accuracy, "chance": chance,
                        "model_dir": str(final), "model_uri": model_uri}
             if cfg.tracking.register_model:
-                summary["version"] = tracking.register(model_uri, cfg.tracking.registered_model, cfg.tracking.alias, {
+                summary["version"] = registry.register(model_uri, cfg.tracking.registered_model, cfg.tracking.alias, {
                     "feature_version": store.feature_version, "feature_service": "userU",
                     "backbone": cfg.model.backbone.name, "val_retrieval_acc": f"{accuracy:.4f}"})
     finally:

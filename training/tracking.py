@@ -1,20 +1,16 @@
-"""MLflow: experiment tracking, the pyfunc model flavour and the backbone registry.
+"""MLflow experiment tracking and the pyfunc model flavour (the registry is `training.registry`).
 
-Naming (DESIGN.md): experiment `qanchor-pretrain`, registered model `qanchor-backbone` with
-aliases `champion` and `challenger`. Tracking URI: `MLFLOW_TRACKING_URI`, else
-`sqlite:///mlruns.db`. Registration is all-or-nothing: a version whose alias or tags cannot be
-set is deleted again, so the registry never shows a half-registered model.
+Naming (DESIGN.md): experiment `qanchor-pretrain`. Tracking URI: `MLFLOW_TRACKING_URI`, else
+`sqlite:///mlruns.db`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
@@ -24,7 +20,6 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 PRETRAIN_EXPERIMENT = "qanchor-pretrain"
-BACKBONE_MODEL = "qanchor-backbone"
 MODEL_ARTIFACT = "qanchor"
 
 
@@ -86,45 +81,3 @@ def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
                                    artifacts={MODEL_ARTIFACT: str(model_dir)}, signature=signature,
                                    input_example=None)
     return info.model_uri
-
-
-def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
-    """Register `model_uri` as a new version of `name`, tag it and point `alias` at it, atomically."""
-    client = MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
-    try:
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, value)
-        if alias:
-            client.set_registered_model_alias(name, alias, version)
-    except Exception:
-        client.delete_model_version(name, version)
-        raise
-    return str(version)
-
-
-def promote(version: str, name: str = BACKBONE_MODEL, alias: str = "champion") -> None:
-    client = MlflowClient()
-    try:
-        client.get_model_version(name, version)
-    except MlflowException:
-        raise TrackingError(f"{name} has no version {version}") from None
-    client.set_registered_model_alias(name, alias, version)
-
-
-def download_model(name: str, alias_or_version: str) -> tuple[Path, str]:
-    """Local directory and version number of a registered Q-Anchor model (`qanchor.registry` entry point)."""
-    mlflow.set_tracking_uri(tracking_uri())
-    client = MlflowClient()
-    try:
-        version = str(client.get_model_version(name, alias_or_version).version if alias_or_version.isdigit()
-                      else client.get_model_version_by_alias(name, alias_or_version).version)
-    except MlflowException as err:
-        raise TrackingError(f"{name} has no version or alias {alias_or_version!r}: {err.message}") from None
-    ref = f"models:/{name}/{version}"
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(ref, dst_path=tempfile.mkdtemp(prefix="qanchor-")))
-    except MlflowException as err:
-        raise TrackingError(f"cannot resolve {ref}: {err.message}") from None
-    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    return local / flavor["artifacts"][MODEL_ARTIFACT]["path"], version

@@ -1,6 +1,6 @@
 """`QAnchor`: the user-facing model object (build, save, load, embed).
 
-    model = QAnchor.from_pretrained("runs/pretrain/final")
+    model = QAnchor.from_pretrained("runs/pretrain/final")   # or training.registry.load_model("champion")
     vectors = model.embed(user_features, ["will this user repay late?", "likes travel deals?"])
 
 A saved model is a directory: `qanchor.json` (settings + modality spec), `backbone/` (LM config),
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from qanchor.features import UserFeatures
-from qanchor.modality_spec import ModalitySpec, parse_spec
+from qanchor.modality_spec import FeatureSchemaError, ModalitySpec, parse_spec, spec_differences
 from qanchor.model.backbone import backbone_from_saved, load_backbone
 from qanchor.model.batch import collate_users
 from qanchor.model.config import ModelSettings
@@ -70,7 +69,10 @@ class QAnchor:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> QAnchor:
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        registry_version: str | None = None) -> QAnchor:
+        """Load a saved model folder; `registry_version` says which `qanchor-backbone` version it is
+        (`training.registry.load_model` sets it), so scenarios tuned on another version are refused."""
         folder = Path(folder)
         meta_path = folder / "qanchor.json"
         if not meta_path.is_file():
@@ -82,35 +84,29 @@ class QAnchor:
         spec = parse_spec(meta["spec"], str(meta_path))
         network = QAnchorModel(spec, settings, backbone_from_saved(folder / "backbone", folder / "tokenizer", settings.backbone, spec.names))
         load_model(network, str(folder / "model.safetensors"))
-        return cls(network.to(device).eval(), TextEmbeddingCache(device=str(device)))
+        return cls(network.to(device).eval(), TextEmbeddingCache(device=str(device)), registry_version)
 
-    @classmethod
-    def from_registry(cls, alias_or_version: str = "champion", name: str = "qanchor-backbone",
-                      device: str | torch.device = "cpu") -> QAnchor:
-        """Load a registered backbone by alias (`champion`, `challenger`) or version number.
-
-        The registry lives behind the `qanchor.registry` entry point (MLflow, in `training`), so
-        this core package never imports it.
-        """
-        folder, version = _registry_hook("download_model")(name, alias_or_version)
-        model = cls.from_pretrained(folder, device=device)
-        model.registry_version = version
-        return model
-
-    def scenario(self, name: str, version: str | None = None) -> LoadedScenario:
-        """A registered scenario, refused unless it was tuned on this very backbone version."""
+    def check_scenario(self, scenario: LoadedScenario) -> None:
+        """Refuse a scenario tuned on another backbone version: its prompt means nothing here."""
         if self.registry_version is None:
-            raise ScenarioMismatchError("registered scenarios need a backbone loaded with QAnchor.from_registry")
-        loaded = LoadedScenario.from_folder(_registry_hook("download_scenario")(name, version))
-        if loaded.backbone_version != self.registry_version:
-            raise ScenarioMismatchError(f"scenario {name!r} was tuned on backbone v{loaded.backbone_version}, "
+            raise ScenarioMismatchError(f"scenario {scenario.name!r} is registered for backbone "
+                                        f"v{scenario.backbone_version}; load the backbone through the registry "
+                                        "(training.registry.load_model) or with from_pretrained(registry_version=)")
+        if scenario.backbone_version != self.registry_version:
+            raise ScenarioMismatchError(f"scenario {scenario.name!r} was tuned on backbone v{scenario.backbone_version}, "
                                         f"this model is v{self.registry_version}")
-        return loaded
+
+    def check_features(self, spec: ModalitySpec) -> None:
+        """Refuse to read features whose modality spec differs from the one this model was trained on."""
+        problems = spec_differences(self.spec, spec)
+        if problems:
+            raise FeatureSchemaError(f"the model was trained on modality spec {self.spec.fingerprint()} but the "
+                                     f"feature store serves spec {spec.fingerprint()}: " + "; ".join(problems))
 
     @torch.no_grad()
     def embed(self, users: UserFeatures | list[UserFeatures], queries: list[str] | None = None,
               reference_time: int | None = None, batch_size: int = 32,
-              scenario: str | LoadedScenario | None = None) -> np.ndarray:
+              scenario: LoadedScenario | None = None) -> np.ndarray:
         """Embeddings [n_users, n_queries, embed_dim] (L2-normalised), one per (user, query).
 
         With `scenario`, the query is the scenario's and its soft prompt sits between the user
@@ -121,7 +117,7 @@ class QAnchor:
         if scenario is not None:
             if queries:
                 raise ValueError("give either queries or a scenario, not both")
-            scenario = self.scenario(scenario) if isinstance(scenario, str) else scenario
+            self.check_scenario(scenario)
             queries = [scenario.query]
             if scenario.prompt is not None and scenario.prompt.prompt is not None:
                 soft_prompt = scenario.prompt.prompt.to(self.device)
@@ -153,18 +149,12 @@ class QAnchor:
         vectors, _ = net.anchor_forward(net.pack(prefixes, suffixes, soft_prompt=soft_prompt))
         return vectors
 
-    def score(self, users: UserFeatures | list[UserFeatures], scenario: str | LoadedScenario,
+    def score(self, users: UserFeatures | list[UserFeatures], scenario: LoadedScenario,
               reference_time: int | None = None) -> np.ndarray:
         """Class probabilities [n_users, n_classes] from a tuned scenario's prototypes."""
-        scenario = self.scenario(scenario) if isinstance(scenario, str) else scenario
         if scenario.prompt is None:
             raise ValueError(f"scenario {scenario.name!r} is query-only: it has no prototypes to score with")
         vectors = torch.from_numpy(self.embed(users, reference_time=reference_time, scenario=scenario)[:, 0])
         with torch.no_grad():
             return scenario.prompt.probabilities(vectors, scenario.temperature).numpy()
 
-
-def _registry_hook(name: str):
-    """A registry function from the `qanchor.registry` entry points (MLflow lives in `training`)."""
-    (ep,) = [ep for ep in entry_points(group="qanchor.registry") if ep.name == name]
-    return ep.load()

@@ -44,6 +44,7 @@ def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | N
     from training.evaluation.harness import evaluate as run
     from training.evaluation.population import PopulationError, load_population
     from training.evaluation.report import write_report
+    from training.registry import load_model
     from training.tracking import TrackingError
 
     try:
@@ -55,7 +56,7 @@ def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | N
     when = datetime.now(timezone.utc)
     folder = out or Path("reports") / when.strftime("%Y%m%dT%H%M%SZ")
     try:
-        model = QAnchor.from_pretrained(backbone) if Path(backbone).is_dir() else QAnchor.from_registry(backbone)
+        model = QAnchor.from_pretrained(backbone) if Path(backbone).is_dir() else load_model(backbone)
         population = load_population(UserFeatureStore(repo), dataset, max_users, seed=seed)
     except (TrackingError, PopulationError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
