@@ -7,6 +7,7 @@ boundary with a message naming the user, modality and field, never inside a forw
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,3 +79,18 @@ class UserFeatures:
     def is_empty(self) -> bool:
         """True when the store knows nothing about the user (no events, no profile)."""
         return all(len(e) == 0 for e in self.modalities.values()) and all(v is None for v in self.profile.values())
+
+
+def feature_digest(user: UserFeatures, reference_time: int) -> str:
+    """A digest of everything the user prefix is computed from: features and reference time.
+
+    It is the "feature version" of the prefix cache key, so any change to a user's events,
+    profile or reference time yields a new key instead of a stale cached prefix.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{user.user_id}\x00{int(reference_time)}".encode())
+    for name in sorted(user.modalities):
+        events = user.modalities[name]
+        h.update(repr((name, events.texts, events.times, sorted(events.numeric.items()))).encode())
+    h.update(repr(sorted((k, str(v)) for k, v in user.profile.items())).encode())
+    return h.hexdigest()

@@ -1,0 +1,200 @@
+"""Scenario embeddings over cached user prefixes: encode a prefix once, answer every scenario from it.
+
+The anchor sequence is `prefix | [soft prompt] <QUERY> query <USER_EMB>`; under causal attention the
+prefix's keys and values do not depend on what follows, so they are computed once per user
+(`encode`) and kept in a `PrefixCache`. A call for U users and S scenarios then runs the decoder
+only over the suffixes, all of them in ONE batched pass: each user's row holds its S suffixes
+side by side, every suffix at the positions right after that user's prefix, and a block mask lets
+a suffix token see the user's real prefix tokens and the earlier tokens of its own suffix only.
+The prefix KV is shared by the S suffixes of a row, never copied per scenario.
+
+The result equals a full recompute of `prefix | suffix` (`QAnchor.anchor_embeddings`) up to
+floating-point summation order; `tests/test_embedding_engine.py` holds it to 1e-4 in fp32.
+Prompt tuning uses the same pass with gradients: the backbone is frozen, so a tuning user's
+prefix KV is a constant and a step runs only the ~20 suffix positions forward and backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from qanchor.features import UserFeatures, feature_digest
+from qanchor.model.batch import collate_users
+from qanchor.model.qanchor import QAnchor
+from qanchor.prefix_cache import PrefixCache, PrefixKey, PrefixState
+from qanchor.scenario import LoadedScenario
+
+
+class QueryTooLongError(ValueError):
+    """A free-text query longer than the backbone's query budget (it would be silently truncated)."""
+
+
+@dataclass(frozen=True)
+class Suffix:
+    """What follows the user prefix for one scenario: optional soft prompt, then `<QUERY> query <USER_EMB>`."""
+
+    name: str
+    ids: torch.Tensor                  # [n] token ids, <QUERY> ... <USER_EMB>
+    soft_prompt: torch.Tensor | None   # [k, hidden] or None
+
+    @property
+    def length(self) -> int:
+        return self.ids.shape[0] + (0 if self.soft_prompt is None else self.soft_prompt.shape[0])
+
+
+@dataclass(frozen=True)
+class PrefixBatch:
+    """Prefixes of several users stacked for one pass: per layer [U, kv_heads, P, head_dim], right-padded."""
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+    lengths: torch.Tensor  # [U] real prefix tokens per user
+
+    @classmethod
+    def stack(cls, states: Sequence[PrefixState]) -> PrefixBatch:
+        width = max(s.length for s in states)
+        layers = len(states[0].keys)
+
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))
+
+        keys = tuple(torch.stack([pad(s.keys[i]) for s in states]) for i in range(layers))
+        values = tuple(torch.stack([pad(s.values[i]) for s in states]) for i in range(layers))
+        return cls(keys, values, torch.tensor([s.length for s in states], device=keys[0].device))
+
+    @property
+    def size(self) -> int:
+        return self.lengths.shape[0]
+
+    def select(self, index: torch.Tensor) -> PrefixBatch:
+        index = index.to(self.lengths.device)
+        return PrefixBatch(tuple(k.index_select(0, index) for k in self.keys),
+                           tuple(v.index_select(0, index) for v in self.values), self.lengths.index_select(0, index))
+
+    def unstack(self) -> list[PrefixState]:
+        """Per-user states, each trimmed to its real length and copied out of the batch's storage."""
+        return [PrefixState(tuple(k[u, :, :n].clone() for k in self.keys), tuple(v[u, :, :n].clone() for v in self.values))
+                for u, n in enumerate(self.lengths.tolist())]
+
+
+class EmbeddingEngine:
+    """Embeddings for users x scenarios from cached prefix KV; `cache=None` computes prefixes every call."""
+
+    def __init__(self, model: QAnchor, cache: PrefixCache | None = None, encode_batch_size: int = 32,
+                 max_suffix_rows: int = 512):
+        self.model = model
+        self.cache = cache
+        self.encode_batch_size = encode_batch_size
+        self.max_suffix_rows = max_suffix_rows
+        #: Cache keys carry the backbone version, so two backbones never share an entry.
+        self.backbone_version = model.registry_version or "unregistered"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def suffix(self, query: str, name: str | None = None, soft_prompt: torch.Tensor | None = None) -> Suffix:
+        """A free-text query's suffix; refused (not truncated) when longer than `max_query_tokens`."""
+        if not query.strip():
+            raise QueryTooLongError("the query is empty")
+        tokens = len(self.model.network.backbone.tokenizer(query, add_special_tokens=False)["input_ids"])
+        limit = self.model.settings.max_query_tokens
+        if tokens > limit:
+            raise QueryTooLongError(f"the query has {tokens} tokens; this backbone reads at most {limit}")
+        return self._suffix(query, name or query, soft_prompt)
+
+    def scenario_suffix(self, scenario: LoadedScenario) -> Suffix:
+        """A registered scenario's suffix: its query, tokenised exactly as when it was tuned, and its soft prompt."""
+        self.model.check_scenario(scenario)
+        return self._suffix(scenario.query, scenario.name, scenario.prompt.prompt if scenario.prompt is not None else None)
+
+    def _suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None) -> Suffix:
+        (ids,) = self.model.network.suffix_ids([query])
+        return Suffix(name, ids.to(self.device), soft_prompt)
+
+    @torch.no_grad()
+    def encode(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> PrefixBatch:
+        """Run the decoder over the users' prefixes (no cache involved); one batch, right-padded."""
+        net = self.model.network
+        batch = {k: v.to(self.device) for k, v in
+                 collate_users(list(users), list(reference_times), self.model.spec, self.model.cache).items()}
+        prefixes = net.prefix_embeddings(batch, self.model.cache.table(self.device))
+        width = max(prefixes.host_lengths)
+        embeds = prefixes.tokens[:, :width].to(net.lm.dtype)
+        positions = torch.arange(width, device=self.device).expand(len(users), -1)
+        # Right padding under causal attention needs no mask: real positions never see the padding.
+        out = net.lm.get_decoder()(inputs_embeds=embeds, position_ids=positions, use_cache=True)
+        layers = [(k, v) for k, v, *_ in out.past_key_values]
+        return PrefixBatch(tuple(k for k, _ in layers), tuple(v for _, v in layers), prefixes.lengths)
+
+    def prefixes(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> list[PrefixState]:
+        """Each user's prefix state: from the cache where the key matches, else encoded (and cached)."""
+        keys = [PrefixKey(self.backbone_version, u.user_id, feature_digest(u, t)) for u, t in zip(users, reference_times)]
+        states: list[PrefixState | None] = [self.cache.get(k) if self.cache is not None else None for k in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        for start in range(0, len(missing), self.encode_batch_size):
+            chunk = missing[start:start + self.encode_batch_size]
+            encoded = self.encode([users[i] for i in chunk], [reference_times[i] for i in chunk]).unstack()
+            for i, state in zip(chunk, encoded):
+                states[i] = state
+                if self.cache is not None:
+                    self.cache.put(keys[i], state)
+        return states  # type: ignore[return-value]
+
+    def suffix_embeddings(self, prefix: PrefixBatch, suffixes: Sequence[Suffix]) -> torch.Tensor:
+        """Embeddings [U, S, D] of every user with every suffix, in one decoder pass over the suffixes.
+
+        Differentiable with respect to the soft prompts (prompt tuning); callers choose no_grad.
+        """
+        net = self.model.network
+        users, n_suffix, device = prefix.size, len(suffixes), self.device
+        width = max(s.length for s in suffixes)
+        hidden = net.backbone.hidden_size
+        token_embeds = net.lm.get_input_embeddings()
+        blocks = []
+        for s in suffixes:
+            parts = [token_embeds(s.ids.to(device))]
+            if s.soft_prompt is not None:
+                parts.insert(0, s.soft_prompt.to(device, parts[0].dtype))
+            block = torch.cat(parts)
+            blocks.append(torch.nn.functional.pad(block, (0, 0, 0, width - block.shape[0])))
+        embeds = torch.stack(blocks).reshape(1, n_suffix * width, hidden).expand(users, -1, -1)
+
+        offset = torch.arange(width, device=device).repeat(n_suffix)              # position inside its suffix
+        owner = torch.arange(n_suffix, device=device).repeat_interleave(width)     # which suffix a column is
+        positions = prefix.lengths.unsqueeze(1) + offset.unsqueeze(0)               # right after each prefix
+        prefix_width = prefix.keys[0].shape[2]
+        sees_prefix = torch.arange(prefix_width, device=device) < prefix.lengths.unsqueeze(1)        # [U, P]
+        sees_suffix = (owner.unsqueeze(1) == owner.unsqueeze(0)) & (offset.unsqueeze(0) <= offset.unsqueeze(1))
+        allowed = torch.cat([sees_prefix.unsqueeze(1).expand(-1, n_suffix * width, -1),
+                             sees_suffix.unsqueeze(0).expand(users, -1, -1)], dim=-1).unsqueeze(1)
+        mask = allowed if net.settings.backbone.attn_implementation == "sdpa" else \
+            torch.zeros(allowed.shape, dtype=embeds.dtype, device=device).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
+
+        cache = DynamicCache(ddp_cache_data=list(zip(prefix.keys, prefix.values)))
+        out = net.lm.get_decoder()(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
+                                   past_key_values=cache, use_cache=True)
+        states = out.last_hidden_state.reshape(users, n_suffix, width, hidden)
+        last = torch.tensor([s.length - 1 for s in suffixes], device=device)
+        pooled = states[:, torch.arange(n_suffix, device=device), last]              # [U, S, H] at <USER_EMB>
+        return net.project(pooled)
+
+    @torch.no_grad()
+    def embed(self, users: Sequence[UserFeatures], reference_times: Sequence[int],
+              suffixes: Sequence[Suffix]) -> np.ndarray:
+        """L2-normalised embeddings [n_users, n_suffixes, D]; prefixes from the cache where possible."""
+        if not suffixes:
+            raise ValueError("give at least one scenario or query")
+        self.model.network.eval()
+        states = self.prefixes(users, reference_times)
+        out = np.zeros((len(users), len(suffixes), self.model.settings.embed_dim), dtype=np.float32)
+        per_pass = max(1, self.max_suffix_rows // len(suffixes))
+        for start in range(0, len(users), per_pass):
+            batch = PrefixBatch.stack(states[start:start + per_pass])
+            out[start:start + batch.size] = self.suffix_embeddings(batch, suffixes).float().cpu().numpy()
+        return out
