@@ -4,8 +4,13 @@ For each task: validation AUC/KS of the query-only scenario (k-means prototypes,
 and of the tuned one on the same split, plus the time per tuning; then a soft-prompt-token
 sweep on one task. The query-only score is the in-run baseline.
 
+First, the cost of one tuning step (forward + backward of a batch, same users, same prompt) two
+ways in the same run: re-running every user's whole prefix through the decoder (how tuning
+worked before the prefix KV engine) and running only the suffix over the cached prefix KV.
+
     python bench/prompt_tuning.py --model runs/pretrain-tiny/final --dataset data/demo/raw \
         --repo data/demo/feature_store [--tasks all] [--steps 500] [--sweep 1,2,4,6,8]
+    python bench/prompt_tuning.py ... --tasks fin_cash_advance --steps 0 --sweep ''   # step timing only
 """
 
 from __future__ import annotations
@@ -15,16 +20,58 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
 
 from feature_repo.store import UserFeatureStore  # noqa: E402
+from qanchor.embedding_engine import EmbeddingEngine, PrefixBatch  # noqa: E402
 from qanchor.model import QAnchor  # noqa: E402
 from qanchor.synthetic.tasks import TASKS  # noqa: E402
 from training.scenario_labels import validate_labels  # noqa: E402
 from training.scenario_tuning import TuningSettings, tune  # noqa: E402
+
+
+def step_timing(model: QAnchor, users: list, times: list[int], query: str, tokens: int, batch_size: int,
+                repeats: int) -> dict:
+    """Seconds per tuning step, full prefix recompute vs cached prefix KV, and the largest gradient gap."""
+    for p in model.network.parameters():
+        p.requires_grad_(False)
+    rng = np.random.default_rng(0)
+    prompt = torch.nn.Parameter(torch.randn(tokens, model.network.backbone.hidden_size, device=model.device) * 0.02)
+    target = torch.randn(batch_size, model.settings.embed_dim, device=model.device)
+    engine = EmbeddingEngine(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        prefixes = PrefixBatch.stack(engine.prefixes(users, times))
+    encode_seconds = time.perf_counter() - start
+    suffix = engine.query_suffix(query, "q", prompt)
+
+    def step(cached: bool, rows: np.ndarray) -> torch.Tensor:
+        prompt.grad = None
+        if cached:
+            vectors = engine.suffix_embeddings(prefixes.select(torch.from_numpy(rows)), [suffix])[:, 0]
+        else:
+            vectors = model.anchor_embeddings([users[i] for i in rows], [times[i] for i in rows], [query], soft_prompt=prompt)
+        ((vectors - target) ** 2).sum().backward()
+        return prompt.grad
+
+    seconds = {True: [], False: []}
+    gap = 0.0
+    for _ in range(repeats):
+        rows = rng.choice(len(users), size=batch_size, replace=False)
+        grads = {}
+        for cached in (False, True):
+            begin = time.perf_counter()
+            grads[cached] = step(cached, rows).clone()
+            seconds[cached].append(time.perf_counter() - begin)
+        gap = max(gap, float((grads[True] - grads[False]).abs().max()))
+    full, cached = float(np.median(seconds[False])), float(np.median(seconds[True]))
+    return {"users": len(users), "batch": batch_size, "tokens": tokens, "full_step_s": full, "cached_step_s": cached,
+            "speedup": full / cached, "prefix_encode_once_s": encode_seconds, "max_grad_gap": gap}
 
 
 def main() -> None:
@@ -37,6 +84,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=6)
     parser.add_argument("--sweep", default="1,2,4,6,8", help="Token counts for the sweep ('' to skip).")
     parser.add_argument("--users", type=int, default=None, help="Use at most this many train-split users.")
+    parser.add_argument("--timing-steps", type=int, default=10, help="Steps timed each way (0 to skip).")
     args = parser.parse_args()
     store = UserFeatureStore(args.repo)
     model = QAnchor.from_pretrained(args.model)
@@ -64,12 +112,20 @@ def main() -> None:
         print(row, flush=True)  # long runs: each result as it lands, the table at the end
         return row
 
-    rows = [run(task, args.tokens) for task in tasks]
+    timing = {}
+    if args.timing_steps:
+        users = [features[u] for u in table["user_id"]]
+        times = [int(t.timestamp()) for t in table["label_time"]]
+        timing = step_timing(model, users, times, tasks[0].definition, args.tokens, 64, args.timing_steps)
+        emit("prompt_tuning_step", [timing], {"model": str(args.model), "device": str(model.device),
+                                               "torch_threads": torch.get_num_threads()})
+    rows = [run(task, args.tokens) for task in tasks] if args.steps else []
     for tokens in [int(t) for t in args.sweep.split(",") if t]:
         if tokens != args.tokens:
             rows.append(run(tasks[0], tokens))
-    emit("prompt_tuning", rows, {"model": str(args.model), "steps": args.steps,
-                                 "queries": "each task's written definition is its scenario query"})
+    if rows:
+        emit("prompt_tuning", rows, {"model": str(args.model), "steps": args.steps, "step_timing": timing,
+                                     "queries": "each task's written definition is its scenario query"})
 
 
 if __name__ == "__main__":

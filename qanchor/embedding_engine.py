@@ -106,14 +106,16 @@ class EmbeddingEngine:
         limit = self.model.settings.max_query_tokens
         if tokens > limit:
             raise QueryTooLongError(f"the query has {tokens} tokens; this backbone reads at most {limit}")
-        return self._suffix(query, name or query, soft_prompt)
+        return self.query_suffix(query, name or query, soft_prompt)
 
     def scenario_suffix(self, scenario: LoadedScenario) -> Suffix:
         """A registered scenario's suffix: its query, tokenised exactly as when it was tuned, and its soft prompt."""
         self.model.check_scenario(scenario)
-        return self._suffix(scenario.query, scenario.name, scenario.prompt.prompt if scenario.prompt is not None else None)
+        return self.query_suffix(scenario.query, scenario.name,
+                                 scenario.prompt.prompt if scenario.prompt is not None else None)
 
-    def _suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None) -> Suffix:
+    def query_suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None = None) -> Suffix:
+        """A suffix tokenised as training and tuning do (truncated to `max_query_tokens`), unchecked."""
         (ids,) = self.model.network.suffix_ids([query])
         return Suffix(name, ids.to(self.device), soft_prompt)
 

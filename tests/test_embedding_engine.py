@@ -165,3 +165,23 @@ def test_a_scenario_tuned_on_another_backbone_version_is_refused(model):
             engine.scenario_suffix(_tuned(model, "travel", 2))
     finally:
         model.registry_version = None
+
+
+def test_soft_prompt_gradients_through_the_cached_prefix_equal_the_full_pass(model, users):
+    """Prompt tuning backpropagates through the suffix only; the prefix KV is a constant of the
+    frozen model, so the soft prompt's gradient is the one a full forward/backward gives."""
+    engine = EmbeddingEngine(model, None)
+    times = [REF] * len(users)
+    prompt = torch.nn.Parameter(torch.randn(4, model.network.backbone.hidden_size) * 0.1)
+    target = torch.randn(len(users), 128)
+
+    def grad(embeddings: torch.Tensor) -> torch.Tensor:
+        prompt.grad = None
+        ((embeddings - target) ** 2).sum().backward()
+        return prompt.grad.clone()
+
+    prefixes = PrefixBatch.stack(engine.prefixes(users, times))
+    cached = grad(engine.suffix_embeddings(prefixes, [engine.query_suffix(QUERIES[1], "q", prompt)])[:, 0])
+    full = grad(model.anchor_embeddings(users, times, [QUERIES[1]], soft_prompt=prompt))
+    assert cached.abs().max() > 0
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-3)

@@ -6,6 +6,9 @@ prototypical contrastive loss while every backbone and encoder weight stays froz
 AUC is checked every `eval_every` steps; the best state is kept and training stops after
 `patience` checks without improvement. The same split also scores the query-only version
 (no prompt, prototypes from k-means alone), so each registration says what tuning bought.
+
+The frozen model makes each user's prefix KV a constant, so it is encoded once per tuning run
+(`EmbeddingEngine`) and every step runs only the suffix positions forward and backward.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from qanchor.embedding_engine import EmbeddingEngine, PrefixBatch, Suffix
 from qanchor.features import UserFeatures
 from qanchor.model import QAnchor
 from qanchor.scenario import ScenarioPrompt, kmeans_prototypes, ks_statistic, prototypical_loss
@@ -50,10 +54,11 @@ class TuningResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _embed(model: QAnchor, users: list[UserFeatures], times: list[int], query: str, prompt: torch.Tensor | None,
-           batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([model.anchor_embeddings(users[i:i + batch_size], times[i:i + batch_size], [query], prompt)
-                      for i in range(0, len(users), batch_size)])
+def _embed(engine: EmbeddingEngine, prefixes: PrefixBatch, rows: np.ndarray, suffix: Suffix,
+           batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of `rows` (indices into `prefixes`) with one suffix; only the suffix runs through the decoder."""
+    return torch.cat([engine.suffix_embeddings(prefixes.select(torch.from_numpy(rows[i:i + batch_size])), [suffix])[:, 0]
+                      for i in range(0, len(rows), batch_size)])
 
 
 def _scores(prompt: ScenarioPrompt, embeddings: torch.Tensor, temperature: float) -> np.ndarray:
@@ -90,31 +95,34 @@ def tune(model: QAnchor, users: list[UserFeatures], times: list[int], classes: n
                                  random_state=settings.seed)
     train, val = split
     y_train, y_val = torch.from_numpy(classes[train]).long(), classes[val]
-    pick = lambda idx, xs: [xs[i] for i in idx]  # noqa: E731
-
+    # The model is frozen, so every user's prefix KV is a constant: encode it once, and each
+    # step runs only the suffix (soft prompt + query + <USER_EMB>) forward and backward.
+    engine = EmbeddingEngine(model)
     with torch.no_grad():
-        zero_train = _embed(model, pick(train, users), pick(train, times), query, None)
-        zero_val = _embed(model, pick(val, users), pick(val, times), query, None)
+        prefixes = PrefixBatch.stack(engine.prefixes(users, times))
+        plain = engine.query_suffix(query, "query")
+        zero_train = _embed(engine, prefixes, train, plain)
+        zero_val = _embed(engine, prefixes, val, plain)
     centroids, owners = kmeans_prototypes(zero_train.cpu().numpy(), classes[train], settings.prototypes_per_class,
                                           settings.seed)
     query_only = ScenarioPrompt(0, net.backbone.hidden_size, centroids, owners).to(model.device)
     metrics = {f"query_only_val_{k}": v for k, v in evaluate(y_val, _scores(query_only, zero_val, settings.temperature)).items()}
 
     prompt = ScenarioPrompt(settings.tokens, net.backbone.hidden_size, centroids, owners).to(model.device)
+    prompted = engine.query_suffix(query, "prompted", prompt.prompt)
     optimizer = torch.optim.Adam(prompt.parameters(), lr=settings.lr)
     rng = np.random.default_rng(settings.seed)
     best, best_state, stale, history = -1.0, None, 0, []
     for step in range(1, settings.steps + 1):
         batch = rng.choice(len(train), size=min(settings.batch_size, len(train)), replace=False)
-        embeddings = _embed(model, pick(train[batch], users), pick(train[batch], times), query,
-                            prompt.prompt, batch_size=len(batch))
+        embeddings = _embed(engine, prefixes, train[batch], prompted, batch_size=len(batch))
         loss = prototypical_loss(prompt, embeddings, y_train[batch].to(model.device), settings.temperature)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % settings.eval_every == 0 or step == settings.steps:
             with torch.no_grad():
-                val_embeddings = _embed(model, pick(val, users), pick(val, times), query, prompt.prompt)
+                val_embeddings = _embed(engine, prefixes, val, prompted)
             scores = evaluate(y_val, _scores(prompt, val_embeddings, settings.temperature))
             history.append({"step": step, "loss": float(loss.detach()), **{f"val_{k}": v for k, v in scores.items()}})
             if scores["auc"] > best:
@@ -126,8 +134,8 @@ def tune(model: QAnchor, users: list[UserFeatures], times: list[int], classes: n
                     break
     prompt.load_state_dict(best_state)
     with torch.no_grad():
-        final_train = _embed(model, pick(train, users), pick(train, times), query, prompt.prompt)
-        final_val = _embed(model, pick(val, users), pick(val, times), query, prompt.prompt)
+        final_train = _embed(engine, prefixes, train, prompted)
+        final_val = _embed(engine, prefixes, val, prompted)
     metrics.update({f"train_{k}": v for k, v in evaluate(classes[train], _scores(prompt, final_train, settings.temperature)).items()})
     metrics.update({f"val_{k}": v for k, v in evaluate(y_val, _scores(prompt, final_val, settings.temperature)).items()})
     metrics["steps_run"] = float(history[-1]["step"])
