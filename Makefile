@@ -42,6 +42,7 @@ demo: $(STAMP)
 	$(BIN)/qanchor evaluate --backbone challenger --repo $(DEMO_DIR)/feature_store --dataset $(DEMO_DIR)/raw \
 		--tune-steps 50 --resamples 300 --out reports/demo
 	cat reports/demo/report.md
+	BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
