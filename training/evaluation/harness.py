@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
+from qanchor.embedding_engine import EmbeddingEngine
 from qanchor.features import UserFeatures
 from qanchor.model import QAnchor
 from qanchor.synthetic.tasks import TASKS
@@ -70,15 +71,11 @@ class EvaluationResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@torch.no_grad()
 def query_embeddings(model: QAnchor, users: list[UserFeatures], times: list[int], queries: list[str],
                      prompt: torch.Tensor | None = None, batch_size: int = 64) -> np.ndarray:
-    """[n_users, n_queries, D]: each user's prefix built once per batch and paired with every query."""
-    out = []
-    for i in range(0, len(users), batch_size):
-        vectors = model.anchor_embeddings(users[i:i + batch_size], times[i:i + batch_size], queries, prompt)
-        out.append(vectors.reshape(-1, len(queries), vectors.shape[-1]).float().cpu().numpy())
-    return np.concatenate(out)
+    """[n_users, n_queries, D]: each user's prefix encoded once, every query answered from its KV."""
+    engine = EmbeddingEngine(model, encode_batch_size=batch_size)
+    return engine.embed(users, times, [engine.query_suffix(q, q, prompt) for q in queries])
 
 
 def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], resamples: int,
