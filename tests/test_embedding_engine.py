@@ -43,7 +43,7 @@ def test_cached_prefix_equals_full_recompute_for_mixed_queries_and_soft_prompts(
     """Free-text queries and scenarios with soft prompts of different sizes share one pass; each
     vector matches `anchor_embeddings`, which packs and runs the whole sequence again."""
     registered = model
-    registered.registry_version = "1"  # scenarios are only served with the version they were tuned on
+    registered.registry_version = "1"  # scenarios are served only with the backbone version they were tuned on
     try:
         engine = EmbeddingEngine(registered, PrefixCache(device_bytes=64 << 20))
         scenarios = [_tuned(registered, "travel", 6), _tuned(registered, "credit", 2)]
