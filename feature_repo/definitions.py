@@ -9,6 +9,10 @@ views without editing this file:
   features (`texts`, `event_times`, one list per numeric field) and `n_events`.
 - `profile`: the tabular modality, one scalar feature per profile field.
 - `userU`: the feature service naming every feature the encoder reads.
+- `qanchor_backbone_v<N>`: per registered backbone version, exactly the views it reads, with a
+  `LoggingConfig` so the service's served rows land in `feature_logs/` (training/serving skew).
+- `user_embedding` (+ push source `user_embedding_push`): scenario vectors written back by
+  `qanchor score-batch`, one Array(Float32) column per scenario.
 """
 
 from pathlib import Path

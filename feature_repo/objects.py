@@ -7,12 +7,14 @@ the registry always holds exactly one version of the truth.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Array, Float64, Int64, String
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.feature_logging import LoggingConfig
+from feast.infra.offline_stores.file_source import FileLoggingDestination
+from feast.types import Array, Float32, Float64, Int64, String
 
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality, parse_spec
 
@@ -22,6 +24,10 @@ SETTINGS_FILE = "qanchor.json"
 DATA_MANIFEST = "manifest.json"
 PROFILE_VIEW = "profile"
 FEATURE_SERVICE = "userU"
+EMBEDDING_VIEW = "user_embedding"
+EMBEDDING_PUSH_SOURCE = "user_embedding_push"
+#: Served features are logged here, relative to the repository, one folder per backbone service.
+FEATURE_LOG_DIR = "feature_logs"
 #: Profiles change slowly; a profile row stays valid this long.
 PROFILE_TTL_DAYS = 3650
 
@@ -30,9 +36,27 @@ def event_view_name(modality: str) -> str:
     return f"{modality}_events"
 
 
+def backbone_service_name(version: str) -> str:
+    return f"qanchor_backbone_v{version}"
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """The `user_embedding` view as the last batch-scoring run left it: its scenarios and files."""
+
+    path: str
+    scenarios: tuple[str, ...]
+    backbone_version: str
+
+
 @dataclass(frozen=True)
 class RepoSettings:
-    """Where a repository's feature data lives and the spec it was imported with."""
+    """Where a repository's feature data lives, the spec it was imported with, and what was added since.
+
+    `backbones` (version -> modalities the model reads) and `embeddings` are written by
+    registration and batch scoring (`update_settings`), so `feast apply` on `definitions.py`
+    rebuilds exactly the objects those commands applied instead of deleting them.
+    """
 
     repo: Path
     data: Path
@@ -40,6 +64,8 @@ class RepoSettings:
     as_of: str
     snapshot_days: tuple[int, ...]
     feature_version: str
+    backbones: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    embeddings: EmbeddingSettings | None = None
 
     @classmethod
     def load(cls, repo: Path) -> RepoSettings:
@@ -53,6 +79,7 @@ class RepoSettings:
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{manifest_path} is missing; run `qanchor data import` to create {data}")
         manifest = json.loads(manifest_path.read_text())
+        embeddings = settings.get("embeddings")
         return cls(
             repo=Path(repo),
             data=data,
@@ -60,7 +87,21 @@ class RepoSettings:
             as_of=manifest["as_of"],
             snapshot_days=tuple(manifest["snapshot_days"]),
             feature_version=manifest["feature_version"],
+            backbones={v: tuple(m) for v, m in settings.get("backbones", {}).items()},
+            embeddings=None if embeddings is None else EmbeddingSettings(
+                path=embeddings["path"], scenarios=tuple(embeddings["scenarios"]),
+                backbone_version=embeddings["backbone_version"]),
         )
+
+
+def update_settings(repo: Path, **changes: object) -> None:
+    """Merge `changes` into the repository's `qanchor.json`, atomically (a reader never sees half a file)."""
+    path = Path(repo) / SETTINGS_FILE
+    settings = json.loads(path.read_text())
+    settings.update(changes)
+    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def user_entity() -> Entity:
@@ -114,6 +155,44 @@ def profile_view(profile: ProfileModality, data: Path, user: Entity, ttl_days: i
     )
 
 
+def embedding_view(embeddings: EmbeddingSettings, user: Entity) -> tuple[PushSource, FeatureView]:
+    """Scenario embeddings written back by `qanchor score-batch`: one Array(Float32) column per scenario.
+
+    They arrive through a push source (online store); its batch source is the run's parquet output,
+    so point-in-time reads of the vectors work too.
+    """
+    push = PushSource(
+        name=EMBEDDING_PUSH_SOURCE,
+        batch_source=FileSource(name="user_embedding_batch", path=embeddings.path, timestamp_field="event_timestamp",
+                                description="Parquet parts written by `qanchor score-batch`."),
+        description="Scenario embeddings pushed by batch scoring.",
+    )
+    view = FeatureView(
+        name=EMBEDDING_VIEW,
+        entities=[user],
+        ttl=timedelta(0),  # a vector stays valid until the next scoring run replaces it
+        schema=[Field(name=s, dtype=Array(Float32)) for s in embeddings.scenarios]
+        + [Field(name="backbone_version", dtype=String)],
+        source=push,
+        online=True,
+        description="L2-normalised Q-Anchor embedding per scenario; compare vectors of one backbone version only.",
+        tags={"backbone_version": embeddings.backbone_version},
+    )
+    return push, view
+
+
+def backbone_feature_service(version: str, views: list[FeatureView]) -> FeatureService:
+    """The features one registered backbone version reads, with the service's logging of what was served."""
+    name = backbone_service_name(version)
+    return FeatureService(
+        name=name,
+        features=views,
+        description=f"Exactly the features qanchor-backbone v{version} reads; served rows are logged here.",
+        tags={"backbone_version": version},
+        logging_config=LoggingConfig(destination=FileLoggingDestination(path=f"{FEATURE_LOG_DIR}/{name}")),
+    )
+
+
 def build_definitions(settings: RepoSettings) -> dict[str, object]:
     """All Feast objects of the repository, by the Python name `definitions.py` gives them."""
     user = user_entity()
@@ -129,4 +208,14 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
         description="Every UserU feature the hierarchical encoder reads.",
         tags={"feature_version": settings.feature_version},
     )
+    by_modality = {view.tags["modality"]: view for view in views}
+    for version, modalities in settings.backbones.items():
+        unknown = sorted(set(modalities) - set(by_modality))
+        if unknown:
+            raise ValueError(f"{SETTINGS_FILE}: backbone v{version} reads modalities {unknown} that the imported "
+                             f"spec lacks ({sorted(by_modality)}); re-import with that spec or drop the entry")
+        objects[backbone_service_name(version)] = backbone_feature_service(version, [by_modality[m] for m in modalities])
+    if settings.embeddings is not None:
+        push, view = embedding_view(settings.embeddings, user)
+        objects[EMBEDDING_PUSH_SOURCE], objects[EMBEDDING_VIEW] = push, view
     return objects

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -19,14 +19,32 @@ from typing import Literal
 import json
 
 import pandas as pd
+import pyarrow as pa
 import yaml
 
 os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: no network at run time
 
 from feast import FeatureStore  # noqa: E402
 
-from feature_repo.objects import FEATURE_SERVICE, PROFILE_TTL_DAYS, SETTINGS_FILE, RepoSettings, build_definitions  # noqa: E402
+from feast.data_source import PushMode  # noqa: E402
+from feast.online_response import TIMESTAMP_POSTFIX  # noqa: E402
+
+from feature_repo.objects import (  # noqa: E402
+    EMBEDDING_PUSH_SOURCE,
+    EMBEDDING_VIEW,
+    FEATURE_SERVICE,
+    PROFILE_TTL_DAYS,
+    PROFILE_VIEW,
+    SETTINGS_FILE,
+    RepoSettings,
+    backbone_service_name,
+    build_definitions,
+    update_settings,
+)
 from qanchor.features import UserFeatures  # noqa: E402
+
+#: Feast's FieldStatus values, as written into feature logs.
+_PRESENT, _NOT_FOUND = 1, 3
 
 OnlineStoreKind = Literal["sqlite", "redis"]
 
@@ -73,10 +91,54 @@ class UserFeatureStore:
         return self.settings.feature_version
 
     def apply(self) -> list[str]:
-        """Register entity, views and feature service; returns the names applied."""
+        """Register entity, views and feature services; returns the names applied."""
         objects = build_definitions(self.settings)
         self._store.apply(list(objects.values()))
         return sorted(objects)
+
+    def _apply_settings(self, **changes: object) -> None:
+        """Record `changes` in qanchor.json and apply; on any failure the file is restored, so a
+        failed registration leaves neither the settings nor (Feast applies atomically) the registry changed."""
+        path = self.repo / SETTINGS_FILE
+        before = path.read_text()
+        try:
+            update_settings(self.repo, **changes)
+            self.settings = RepoSettings.load(self.repo)
+            self.apply()
+        except Exception:
+            path.write_text(before)
+            self.settings = RepoSettings.load(self.repo)
+            raise
+
+    def register_backbone(self, version: str, modalities: list[str]) -> str:
+        """Apply the feature service of one backbone version (the features it reads); returns its name."""
+        unknown = sorted(set(modalities) - set(self.spec.names))
+        if unknown:
+            raise ValueError(f"backbone v{version} reads modalities {unknown} that this store's spec lacks "
+                             f"({list(self.spec.names)})")
+        if tuple(self.settings.backbones.get(version, ())) != tuple(modalities):
+            self._apply_settings(backbones={**{v: list(m) for v, m in self.settings.backbones.items()},
+                                            version: list(modalities)})
+        return backbone_service_name(version)
+
+    def register_embeddings(self, path: Path, scenarios: list[str], backbone_version: str) -> None:
+        """(Re)apply the `user_embedding` view with exactly these scenario columns, read back from `path`."""
+        embeddings = {"path": str(Path(path).resolve()), "scenarios": list(scenarios),
+                      "backbone_version": backbone_version}
+        current = self.settings.embeddings
+        if current is None or (current.path, list(current.scenarios), current.backbone_version) != tuple(embeddings.values()):
+            self._apply_settings(embeddings=embeddings)
+
+    def push_embeddings(self, frame: pd.DataFrame) -> None:
+        """Write scenario vectors (`user_id`, `event_timestamp`, one list column per scenario,
+        `backbone_version`) into the online store through the push source."""
+        self._store.push(EMBEDDING_PUSH_SOURCE, frame, to=PushMode.ONLINE)
+
+    def online_embeddings(self, user_ids: list[str], scenarios: list[str]) -> list[dict]:
+        """The pushed vectors per user (`None` where a user has none), plus the backbone version they came from."""
+        refs = [f"{EMBEDDING_VIEW}:{s}" for s in (*scenarios, "backbone_version")]
+        response = self._store.get_online_features(features=refs, entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+        return [{k: response[k][i] for k in (*scenarios, "backbone_version")} for i in range(len(user_ids))]
 
     def feature_refs(self) -> list[str]:
         service = self._store.get_feature_service(FEATURE_SERVICE)
@@ -118,8 +180,6 @@ class UserFeatureStore:
 
     def known_users(self) -> set[str]:
         """Every user with a profile row in the offline sources (who can be labelled and served)."""
-        from feature_repo.objects import PROFILE_VIEW
-
         return set(pd.read_parquet(self.settings.data / PROFILE_VIEW, columns=["user_id"])["user_id"])
 
     def label_window(self) -> tuple[pd.Timestamp, pd.Timestamp, timedelta]:
@@ -127,14 +187,49 @@ class UserFeatureStore:
         as_of = pd.Timestamp(self.settings.as_of)
         return as_of - pd.Timedelta(days=max(self.settings.snapshot_days)), as_of, timedelta(days=self.spec.window_days)
 
-    def online_rows(self, user_ids: list[str]) -> list[dict]:
-        """Flat rows (`<view>__<feature>` keys) for each user, in order; unknown users get all-None."""
+    def online_rows(self, user_ids: list[str], timestamps: bool = False) -> list[dict]:
+        """Flat rows (`<view>__<feature>` keys) for each user, in order; unknown users get all-None.
+
+        With `timestamps`, each feature also has `<key>__ts` (unix seconds of the row it came from),
+        which is what feature logging records."""
         if not user_ids:
             return []
         response = self._store.get_online_features(features=self.feature_refs(),
                                                    entity_rows=[{"user_id": u} for u in user_ids],
-                                                   full_feature_names=True).to_dict()
+                                                   full_feature_names=True).to_dict(include_event_timestamps=timestamps)
         return [{k: v[i] for k, v in response.items()} for i in range(len(user_ids))]
+
+    def log_served_features(self, backbone_version: str, rows: list[dict], request_ids: list[str],
+                            logged_at: datetime) -> bool:
+        """Append served rows (from `online_rows(..., timestamps=True)`) to the backbone service's feature log.
+
+        Returns False (nothing written) when that version has no registered feature service."""
+        from feast.errors import FeatureServiceNotFoundException
+        from feast.feature_logging import FeatureServiceLoggingSource
+
+        try:
+            service = self._store.get_feature_service(backbone_service_name(backbone_version), allow_cache=False)
+        except FeatureServiceNotFoundException:
+            return False
+        schema = FeatureServiceLoggingSource(service, self._store.project).get_schema(self._store.registry)
+        columns: dict[str, list] = {name: [] for name in schema.names}
+        for row, request_id in zip(rows, request_ids):
+            for name in schema.names:
+                if name.endswith("__timestamp"):
+                    seconds = row.get(name[: -len("__timestamp")] + TIMESTAMP_POSTFIX) or 0
+                    columns[name].append(datetime.fromtimestamp(seconds, tz=timezone.utc))
+                elif name.endswith("__status"):
+                    columns[name].append(_NOT_FOUND if row.get(name[: -len("__status")]) is None else _PRESENT)
+                elif name == "__log_timestamp":
+                    columns[name].append(logged_at)
+                elif name == "__log_date":
+                    columns[name].append(logged_at.date())
+                elif name == "__request_id":
+                    columns[name].append(request_id)
+                else:
+                    columns[name].append(row.get(name))
+        self._store.write_logged_features(pa.Table.from_pydict(columns, schema=schema), service)
+        return True
 
     def online(self, user_ids: list[str]) -> list[UserFeatures]:
         return [UserFeatures.from_row(u, row, self.spec) for u, row in zip(user_ids, self.online_rows(user_ids))]

@@ -97,6 +97,8 @@ class LoadedScenario:
     classes: tuple[str, ...]
     temperature: float
     prompt: ScenarioPrompt | None
+    #: Registry version, where it came from the registry (batch outputs and responses name it).
+    version: str | None = None
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> LoadedScenario:

@@ -34,3 +34,68 @@ def serve(alias: str, repo: Path, host: str, port: int, device: str | None, cach
                "--port", str(port)]
     click.echo(f"serving qanchor-backbone@{alias} from {repo} on http://{host}:{port}", err=True)
     os.execvpe(command[0], command, env)
+
+
+@click.command("score-batch")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Feast repository: users and online features come from it, vectors are pushed into it.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the parquet parts (shared by all shards of a run; resumable).")
+@click.option("--alias", default="champion", show_default=True, help="qanchor-backbone alias or version to score with.")
+@click.option("--scenarios", default=None,
+              help="Comma-separated registered scenarios (default: every scenario registered for the backbone).")
+@click.option("--shard", default="0/1", show_default=True,
+              help="INDEX/COUNT: score only this shard of the users (a k8s Indexed Job passes its completion index).")
+@click.option("--reference-time", type=click.IntRange(min=0), default=None,
+              help="Unix seconds recency is measured from (default: the store's as-of time, as the service does).")
+@click.option("--part-users", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Users per parquet part (the unit of resumption).")
+@click.option("--batch-users", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Users per forward pass.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--push/--no-push", default=True, show_default=True,
+              help="Push the vectors into the `user_embedding` view of the online store.")
+def score_batch(repo: Path, out: Path, alias: str, scenarios: str | None, shard: str, reference_time: int | None,
+                part_users: int, batch_users: int, device: str | None, push: bool) -> None:
+    """Embed every user of the store under registered scenarios: parquet parts + Feast `user_embedding`.
+
+    Run the same command with --shard 0/N ... N-1/N on N workers; rerun a shard to resume it.
+    """
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from feature_repo.store import UserFeatureStore
+    from qanchor.modality_spec import FeatureSchemaError
+    from serving.batch_scoring import BatchScoringError, Shard, open_run, plan_run, score_shard, shard_users
+    from serving.runtime import load_scenarios
+    from training import registry
+    from training.tracking import TrackingError
+
+    try:
+        part = Shard.parse(shard)
+        store = UserFeatureStore(repo)
+        model = registry.load_model(alias, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model.check_features(store.spec)
+        available = load_scenarios(model.registry_version)
+        names = [s.strip() for s in scenarios.split(",") if s.strip()] if scenarios else sorted(available)
+        unknown = [n for n in names if n not in available]
+        if unknown or not names:
+            raise BatchScoringError(f"scenarios {unknown or names} are not registered for qanchor-backbone "
+                                    f"v{model.registry_version}; registered: {sorted(available)}")
+        chosen = {n: available[n] for n in names}
+        ref = reference_time if reference_time is not None else int(pd.Timestamp(store.settings.as_of).timestamp())
+        run = plan_run(model, chosen, ref, store.feature_version, part, part_users)
+        open_run(out, run)
+        if push:
+            store.register_embeddings(out, names, model.registry_version)
+        total = len(shard_users(store.known_users(), part))
+        with tqdm(total=total, unit="user", desc=f"shard {part.index}/{part.count}") as bar:
+            report = score_shard(model, chosen, store, out, part, run, batch_users=batch_users, push=push,
+                                 on_part=bar.update)
+    except (BatchScoringError, FeatureSchemaError, TrackingError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped_users.items())) or "none"
+    click.echo(f"shard {part.index}/{part.count}: {report.scored} of {report.users} users scored under "
+               f"{', '.join(names)} on backbone v{model.registry_version} ({report.parts_written} parts written, "
+               f"{report.parts_skipped} already done; skipped: {skipped}) in {report.seconds:.1f} s -> {out}")

@@ -23,6 +23,7 @@ from qanchor.model import QAnchor
 from qanchor.modality_spec import EventModality
 from qanchor.prefix_cache import PrefixCache
 from qanchor.scenario import LoadedScenario
+from serving.feature_log import FeatureLog
 from serving.schemas import MAX_SCENARIOS_PER_REQUEST, MAX_USERS_PER_REQUEST, SCENARIO_NAME
 
 logger = logging.getLogger("qanchor.serving")
@@ -50,6 +51,9 @@ class ServingSettings:
     host_cache_bytes: int = 0
     admin_token: str | None = None
     variant: str = "default"
+    feature_log: bool = True
+    feature_log_rows: int = 1024
+    feature_log_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> ServingSettings:
@@ -60,7 +64,10 @@ class ServingSettings:
                    cache_bytes=int(env.get("QANCHOR_CACHE_BYTES", str(1 << 30))),
                    host_cache_bytes=int(env.get("QANCHOR_HOST_CACHE_BYTES", "0")),
                    admin_token=env.get("QANCHOR_ADMIN_TOKEN") or None,
-                   variant=env.get("QANCHOR_VARIANT", "default"))
+                   variant=env.get("QANCHOR_VARIANT", "default"),
+                   feature_log=env.get("QANCHOR_FEATURE_LOG", "on").lower() not in ("off", "0", "false"),
+                   feature_log_rows=int(env.get("QANCHOR_FEATURE_LOG_ROWS", "1024")),
+                   feature_log_seconds=float(env.get("QANCHOR_FEATURE_LOG_SECONDS", "30")))
 
 
 @dataclass
@@ -87,13 +94,15 @@ class EmbeddingRuntime:
         self._compute = threading.Lock()
         self.counters = Counters()
         self.default_reference_time = int(pd.Timestamp(store.settings.as_of).timestamp())
+        self.feature_log = FeatureLog(store, self.backbone_version, settings.feature_log_rows,
+                                      settings.feature_log_seconds) if settings.feature_log else None
 
     @property
     def backbone_version(self) -> str:
         return self.model.registry_version or "unregistered"
 
     def scenarios(self) -> list[dict]:
-        return [{"name": s.name, "query": s.query, "zero_shot": s.zero_shot, "classes": list(s.classes),
+        return [{"name": s.name, "version": s.version, "query": s.query, "zero_shot": s.zero_shot, "classes": list(s.classes),
                  "backbone_version": s.backbone_version} for s in self._scenarios.values()]
 
     def replace_scenarios(self, scenarios: dict[str, LoadedScenario]) -> None:
@@ -126,7 +135,7 @@ class EmbeddingRuntime:
             raise ApiError(400, "malformed_body", f"features given for users not in user_ids: {unknown_inline[:5]}")
         stored = [u for u in dict.fromkeys(user_ids) if u not in inline]
         try:
-            rows = dict(zip(stored, self.store.online_rows(stored)))
+            rows = dict(zip(stored, self.store.online_rows(stored, timestamps=self.feature_log is not None)))
         except Exception as err:  # the store's client raises its own types (sqlite, redis, grpc)
             logger.warning("online store read failed: %s: %s", type(err).__name__, err)
             raise ApiError(503, "feature_store_unavailable", "the online feature store cannot be read; retry later",
@@ -143,6 +152,8 @@ class EmbeddingRuntime:
             if user.is_empty:
                 raise ApiError(404, "unknown_user", f"user {user_id!r} has no features in the online store")
             users.append(user)
+        if self.feature_log is not None:
+            self.feature_log.record([{"user_id": u, **(inline.get(u) or rows[u])} for u in user_ids])
         return users
 
     def _inline_user(self, user_id: str, row: dict) -> UserFeatures:
@@ -201,6 +212,10 @@ class EmbeddingRuntime:
             ("qanchor_prefix_cache_bytes", "gauge", s.device_bytes + s.host_bytes, "Bytes held by the prefix cache."),
             ("qanchor_prefix_cache_entries", "gauge", s.device_entries + s.host_entries, "Users with a cached prefix."),
             ("qanchor_scenarios_loaded", "gauge", len(self._scenarios), "Scenarios served for this backbone."),
+            ("qanchor_feature_log_rows_written_total", "counter", self.feature_log.written if self.feature_log else 0,
+             "Served feature rows written to the Feast feature log."),
+            ("qanchor_feature_log_rows_dropped_total", "counter", self.feature_log.dropped if self.feature_log else 0,
+             "Served feature rows not logged (no feature service for this backbone, or a failed write)."),
         ]:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += ["# HELP qanchor_request_errors_total Refused requests by error code.",

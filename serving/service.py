@@ -10,7 +10,8 @@ Endpoints (DESIGN.md "Serving contract"):
 Settings come from the environment (a ConfigMap on Kubernetes): `QANCHOR_MODEL_ALIAS` (default
 `champion`), `QANCHOR_FEATURE_REPO`, `MLFLOW_TRACKING_URI`, `QANCHOR_DEVICE`, `QANCHOR_CACHE_BYTES`,
 `QANCHOR_HOST_CACHE_BYTES`, `QANCHOR_ADMIN_TOKEN`, `QANCHOR_VARIANT` (echoed in `X-QAnchor-Variant`
-so A/B analysis can join on it). Loading runs in a background thread, so `/livez` answers while
+so A/B analysis can join on it), `QANCHOR_FEATURE_LOG` (on/off), `QANCHOR_FEATURE_LOG_ROWS` and
+`QANCHOR_FEATURE_LOG_SECONDS` (when buffered served rows are written to the Feast feature log). Loading runs in a background thread, so `/livez` answers while
 a large backbone loads and `/readyz` turns 200 only when everything is in place.
 
 Refusals are JSON `{error, detail}` with the status set on the BentoML context (not raised), so a
@@ -59,6 +60,11 @@ class QAnchorService:
                 self.load_error = f"{type(err).__name__}: {err}"
                 logger.warning("start-up failed, retrying in %.0f s: %s", LOAD_RETRY_SECONDS, self.load_error)
                 time.sleep(LOAD_RETRY_SECONDS)
+
+    @bentoml.on_shutdown
+    def flush_feature_log(self) -> None:
+        if self.runtime is not None and self.runtime.feature_log is not None:
+            self.runtime.feature_log.flush()
 
     def __is_ready__(self) -> bool:
         return self.runtime is not None

@@ -94,6 +94,8 @@ def test_registered_challenger_loads_by_alias_with_identical_embeddings(trained,
     version = client.get_model_version_by_alias("qanchor-backbone", "challenger")
     assert str(version.version) == summary["version"]
     assert version.tags["feature_version"] == sqlite_store.feature_version
+    service = sqlite_store._store.get_feature_service(version.tags["feature_service"], allow_cache=False)
+    assert service.name == f"qanchor_backbone_v{version.version}" and service.logging_config is not None
     users = sqlite_store.online(pd.read_parquet(dataset / "profiles")["user_id"].head(2).tolist())
     ref = int(pd.Timestamp(AS_OF).timestamp())
     queries = ["will this user repay late?", "what will this user do in the next 30 days?"]

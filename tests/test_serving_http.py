@@ -60,7 +60,8 @@ def registered(tmp_path_factory, sqlite_store, spec):
         with tracking.mlflow.start_run(experiment_id=experiment):
             model_uri = tracking.log_backbone(folder, pd.DataFrame({"user_id": ["u"], "features": ["{}"],
                                                                     "query": ["q"], "reference_time": [0]}))
-        registry.register(model_uri, registry.BACKBONE_MODEL, "challenger", {"feature_version": sqlite_store.feature_version})
+        registry.register(model_uri, registry.BACKBONE_MODEL, "challenger", {"feature_version": sqlite_store.feature_version},
+                          on_version=lambda v: {"feature_service": sqlite_store.register_backbone(v, list(spec.names))})
         users = pd.read_parquet(sqlite_store.settings.data / "profile", columns=["user_id"])["user_id"].tolist()
         labels = pd.DataFrame({"user_id": users, "label": [i % 3 == 0 for i in range(len(users))]}).astype({"label": int})
         register_scenario("travel_booking", "will this user book travel soon?", sqlite_store, labels, backbone="challenger",
@@ -80,7 +81,7 @@ def server(registered, sqlite_store):
     log = (registered["tmp"] / "server.log").open("w")
     env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"], "QANCHOR_MODEL_ALIAS": "champion",
            "QANCHOR_FEATURE_REPO": str(sqlite_store.repo), "QANCHOR_ADMIN_TOKEN": TOKEN, "QANCHOR_VARIANT": "blue",
-           "QANCHOR_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+           "QANCHOR_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "QANCHOR_FEATURE_LOG_ROWS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:QAnchorService",
                                 "--host", "127.0.0.1", "--port", str(port)],
                                cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -214,3 +215,36 @@ def test_concurrent_load_has_no_errors_and_the_cache_serves_repeat_users(ready, 
                       if line.startswith("qanchor_prefix_cache_hits_total")))
     assert hits >= 270, "every user after its first request is a cache hit"
     assert "qanchor_request_errors_total" in metrics and "bentoml_service_request_total" in metrics
+
+
+def test_vectors_pushed_by_score_batch_read_back_online_equal_the_services(ready, registered, sqlite_store):
+    from click.testing import CliRunner
+
+    from serving.cli import score_batch
+
+    out = registered["tmp"] / "embeddings"
+    result = CliRunner().invoke(score_batch, ["--repo", str(sqlite_store.repo), "--out", str(out), "--alias", "champion",
+                                              "--scenarios", "travel_booking", "--part-users", "128", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(registered['users'])} of {len(registered['users'])} users scored" in result.output
+    users = registered["users"][5:9]
+    pushed = sqlite_store.online_embeddings(users, ["travel_booking"])
+    served = _post(ready, "/embed", {"user_ids": users, "scenarios": ["travel_booking"]}).json()["results"]
+    for row, answer in zip(pushed, served):
+        assert row["backbone_version"] == "1"
+        np.testing.assert_allclose(row["travel_booking"], answer["embeddings"]["travel_booking"], atol=1e-5)
+
+
+def test_served_feature_rows_land_in_the_backbone_feature_log(ready, registered, sqlite_store):
+    """Training/serving skew needs what was served: the rows the service read are written, per request,
+    to the Feast feature log of `qanchor_backbone_v1` (flushed every row in this test's settings)."""
+    import pyarrow.parquet as pq
+
+    users = registered["users"][10:12]
+    assert _post(ready, "/embed", {"user_ids": users, "scenarios": ["night owl?"]}).status_code == 200
+    logged = pq.read_table(sqlite_store.repo / "feature_logs" / "qanchor_backbone_v1").to_pandas()
+    assert set(users) <= set(logged["user_id"])
+    row = logged[logged["user_id"] == users[0]].iloc[-1]
+    assert list(row["bill_events__texts"]) == list(sqlite_store.online_rows([users[0]])[0]["bill_events__texts"])
+    metrics = requests.get(ready + "/metrics", timeout=10).text
+    assert "qanchor_feature_log_rows_written_total" in metrics

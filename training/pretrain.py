@@ -315,8 +315,9 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                        "model_dir": str(final), "model_uri": model_uri}
             if cfg.tracking.register_model:
                 summary["version"] = registry.register(model_uri, cfg.tracking.registered_model, cfg.tracking.alias, {
-                    "feature_version": store.feature_version, "feature_service": "userU",
-                    "backbone": cfg.model.backbone.name, "val_retrieval_acc": f"{accuracy:.4f}"})
+                    "feature_version": store.feature_version, "backbone": cfg.model.backbone.name,
+                    "val_retrieval_acc": f"{accuracy:.4f}"},
+                    on_version=lambda version: {"feature_service": store.register_backbone(version, list(spec.names))})
     finally:
         if run is not None:
             tracking.mlflow.end_run()

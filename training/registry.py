@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -50,11 +51,17 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
-def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str]) -> str:
-    """Register `model_uri` as a new version of `name`, tag it and point `alias` at it, atomically."""
+def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str],
+             on_version: Callable[[str], dict[str, str]] | None = None) -> str:
+    """Register `model_uri` as a new version of `name`, tag it and point `alias` at it, atomically.
+
+    `on_version(version)` runs before the alias moves (e.g. applying the version's Feast feature
+    service) and returns more tags; if it fails, the version is deleted and nothing points at it."""
     registry = client()
     version = mlflow.register_model(model_uri, name).version
     try:
+        if on_version is not None:
+            tags = {**tags, **on_version(str(version))}
         for key, value in tags.items():
             registry.set_model_version_tag(name, version, key, value)
         if alias:
@@ -152,7 +159,8 @@ def load_model(alias_or_version: str = "champion", device: str = "cpu") -> QAnch
 
 
 def load_scenario(name: str, version: str | None = None) -> LoadedScenario:
-    return LoadedScenario.from_folder(download_scenario(name, version))
+    row = resolve_scenario(name, version)
+    return replace(LoadedScenario.from_folder(download_scenario(name, row.version)), version=row.version)
 
 
 def archive_scenario(name: str, version: str) -> None:
