@@ -116,6 +116,7 @@ class UserFeatureStore:
         if unknown:
             raise ValueError(f"backbone v{version} reads modalities {unknown} that this store's spec lacks "
                              f"({list(self.spec.names)})")
+        self.settings = RepoSettings.load(self.repo)  # another process may have registered since we opened it
         if tuple(self.settings.backbones.get(version, ())) != tuple(modalities):
             self._apply_settings(backbones={**{v: list(m) for v, m in self.settings.backbones.items()},
                                             version: list(modalities)})
@@ -125,6 +126,7 @@ class UserFeatureStore:
         """(Re)apply the `user_embedding` view with exactly these scenario columns, read back from `path`."""
         embeddings = {"path": str(Path(path).resolve()), "scenarios": list(scenarios),
                       "backbone_version": backbone_version}
+        self.settings = RepoSettings.load(self.repo)
         current = self.settings.embeddings
         if current is None or (current.path, list(current.scenarios), current.backbone_version) != tuple(embeddings.values()):
             self._apply_settings(embeddings=embeddings)
