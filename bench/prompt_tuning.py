@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
 
 from feature_repo.store import UserFeatureStore  # noqa: E402
-from qanchor.embedding_engine import EmbeddingEngine, PrefixBatch  # noqa: E402
+from qanchor.embedding_engine import EmbeddingEngine  # noqa: E402
+from qanchor.suffix_attention import PrefixBatch  # noqa: E402
 from qanchor.model import QAnchor  # noqa: E402
 from qanchor.synthetic.tasks import TASKS  # noqa: E402
 from training.scenario_labels import validate_labels  # noqa: E402

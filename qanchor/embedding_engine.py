@@ -8,7 +8,8 @@ side by side, every suffix at the positions right after that user's prefix, and 
 a suffix token see the user's real prefix tokens and the earlier tokens of its own suffix only.
 The prefix KV is shared by the S suffixes of a row, never copied per scenario.
 
-The result equals a full recompute of `prefix | suffix` (`QAnchor.anchor_embeddings`) up to
+The decoder passes themselves live in `qanchor.suffix_attention`; this module adds the model's
+encoder, tokenisation, soft prompts, the cache and the projection. The result equals a full recompute of `prefix | suffix` (`QAnchor.anchor_embeddings`) up to
 floating-point summation order; `tests/test_embedding_engine.py` holds it to 1e-4 in fp32.
 Prompt tuning uses the same pass with gradients: the backbone is frozen, so a tuning user's
 prefix KV is a constant and a step runs only the ~20 suffix positions forward and backward.
@@ -21,13 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from qanchor.features import UserFeatures, feature_digest
 from qanchor.model.batch import collate_users
 from qanchor.model.qanchor import QAnchor
 from qanchor.prefix_cache import PrefixCache, PrefixKey, PrefixState
 from qanchor.scenario import LoadedScenario
+from qanchor.suffix_attention import PrefixBatch, encode_prefixes, suffix_states
 
 
 class QueryTooLongError(ValueError):
@@ -45,41 +46,6 @@ class Suffix:
     @property
     def length(self) -> int:
         return self.ids.shape[0] + (0 if self.soft_prompt is None else self.soft_prompt.shape[0])
-
-
-@dataclass(frozen=True)
-class PrefixBatch:
-    """Prefixes of several users stacked for one pass: per layer [U, kv_heads, P, head_dim], right-padded."""
-
-    keys: tuple[torch.Tensor, ...]
-    values: tuple[torch.Tensor, ...]
-    lengths: torch.Tensor  # [U] real prefix tokens per user
-
-    @classmethod
-    def stack(cls, states: Sequence[PrefixState]) -> PrefixBatch:
-        width = max(s.length for s in states)
-        layers = len(states[0].keys)
-
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))
-
-        keys = tuple(torch.stack([pad(s.keys[i]) for s in states]) for i in range(layers))
-        values = tuple(torch.stack([pad(s.values[i]) for s in states]) for i in range(layers))
-        return cls(keys, values, torch.tensor([s.length for s in states], device=keys[0].device))
-
-    @property
-    def size(self) -> int:
-        return self.lengths.shape[0]
-
-    def select(self, index: torch.Tensor) -> PrefixBatch:
-        index = index.to(self.lengths.device)
-        return PrefixBatch(tuple(k.index_select(0, index) for k in self.keys),
-                           tuple(v.index_select(0, index) for v in self.values), self.lengths.index_select(0, index))
-
-    def unstack(self) -> list[PrefixState]:
-        """Per-user states, each trimmed to its real length and copied out of the batch's storage."""
-        return [PrefixState(tuple(k[u, :, :n].clone() for k in self.keys), tuple(v[u, :, :n].clone() for v in self.values))
-                for u, n in enumerate(self.lengths.tolist())]
 
 
 class EmbeddingEngine:
@@ -127,12 +93,7 @@ class EmbeddingEngine:
                  collate_users(list(users), list(reference_times), self.model.spec, self.model.cache).items()}
         prefixes = net.prefix_embeddings(batch, self.model.cache.table(self.device))
         width = max(prefixes.host_lengths)
-        embeds = prefixes.tokens[:, :width].to(net.lm.dtype)
-        positions = torch.arange(width, device=self.device).expand(len(users), -1)
-        # Right padding under causal attention needs no mask: real positions never see the padding.
-        out = net.lm.get_decoder()(inputs_embeds=embeds, position_ids=positions, use_cache=True)
-        layers = [(k, v) for k, v, *_ in out.past_key_values]
-        return PrefixBatch(tuple(k for k, _ in layers), tuple(v for _, v in layers), prefixes.lengths)
+        return encode_prefixes(net.lm.get_decoder(), prefixes.tokens[:, :width].to(net.lm.dtype), prefixes.lengths)
 
     def prefixes(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> list[PrefixState]:
         """Each user's prefix state: from the cache where the key matches, else encoded (and cached)."""
@@ -154,36 +115,15 @@ class EmbeddingEngine:
         Differentiable with respect to the soft prompts (prompt tuning); callers choose no_grad.
         """
         net = self.model.network
-        users, n_suffix, device = prefix.size, len(suffixes), self.device
-        width = max(s.length for s in suffixes)
-        hidden = net.backbone.hidden_size
         token_embeds = net.lm.get_input_embeddings()
         blocks = []
         for s in suffixes:
-            parts = [token_embeds(s.ids.to(device))]
+            parts = [token_embeds(s.ids.to(self.device))]
             if s.soft_prompt is not None:
-                parts.insert(0, s.soft_prompt.to(device, parts[0].dtype))
-            block = torch.cat(parts)
-            blocks.append(torch.nn.functional.pad(block, (0, 0, 0, width - block.shape[0])))
-        embeds = torch.stack(blocks).reshape(1, n_suffix * width, hidden).expand(users, -1, -1)
-
-        offset = torch.arange(width, device=device).repeat(n_suffix)              # position inside its suffix
-        owner = torch.arange(n_suffix, device=device).repeat_interleave(width)     # which suffix a column is
-        positions = prefix.lengths.unsqueeze(1) + offset.unsqueeze(0)               # right after each prefix
-        prefix_width = prefix.keys[0].shape[2]
-        sees_prefix = torch.arange(prefix_width, device=device) < prefix.lengths.unsqueeze(1)        # [U, P]
-        sees_suffix = (owner.unsqueeze(1) == owner.unsqueeze(0)) & (offset.unsqueeze(0) <= offset.unsqueeze(1))
-        allowed = torch.cat([sees_prefix.unsqueeze(1).expand(-1, n_suffix * width, -1),
-                             sees_suffix.unsqueeze(0).expand(users, -1, -1)], dim=-1).unsqueeze(1)
-        mask = allowed if net.settings.backbone.attn_implementation == "sdpa" else \
-            torch.zeros(allowed.shape, dtype=embeds.dtype, device=device).masked_fill(~allowed, torch.finfo(embeds.dtype).min)
-
-        cache = DynamicCache(ddp_cache_data=list(zip(prefix.keys, prefix.values)))
-        out = net.lm.get_decoder()(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                                   past_key_values=cache, use_cache=True)
-        states = out.last_hidden_state.reshape(users, n_suffix, width, hidden)
-        last = torch.tensor([s.length - 1 for s in suffixes], device=device)
-        pooled = states[:, torch.arange(n_suffix, device=device), last]              # [U, S, H] at <USER_EMB>
+                parts.insert(0, s.soft_prompt.to(self.device, parts[0].dtype))
+            blocks.append(torch.cat(parts))
+        pooled = suffix_states(net.lm.get_decoder(), prefix, blocks,
+                               sdpa=net.settings.backbone.attn_implementation == "sdpa")
         return net.project(pooled)
 
     @torch.no_grad()

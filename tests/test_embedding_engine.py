@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import AS_OF
-from qanchor.embedding_engine import EmbeddingEngine, PrefixBatch, QueryTooLongError
+from qanchor.embedding_engine import EmbeddingEngine, QueryTooLongError
 from qanchor.features import ModalityEvents
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.prefix_cache import PrefixCache, PrefixKey, PrefixState
 from qanchor.scenario import LoadedScenario, ScenarioMismatchError, ScenarioPrompt
+from qanchor.suffix_attention import PrefixBatch
 
 REF = int(pd.Timestamp(AS_OF).timestamp())
 QUERIES = ["will this user repay a loan late?", "does this user like travel deals?", "night owl?"]

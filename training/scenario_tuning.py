@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from qanchor.embedding_engine import EmbeddingEngine, PrefixBatch, Suffix
+from qanchor.embedding_engine import EmbeddingEngine, Suffix
+from qanchor.suffix_attention import PrefixBatch
 from qanchor.features import UserFeatures
 from qanchor.model import QAnchor
 from qanchor.scenario import ScenarioPrompt, kmeans_prototypes, ks_statistic, prototypical_loss
