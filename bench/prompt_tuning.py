@@ -10,7 +10,7 @@ worked before the prefix KV engine) and running only the suffix over the cached 
 
     python bench/prompt_tuning.py --model runs/pretrain-tiny/final --dataset data/demo/raw \
         --repo data/demo/feature_store [--tasks all] [--steps 500] [--sweep 1,2,4,6,8]
-    python bench/prompt_tuning.py ... --tasks fin_cash_advance --steps 0 --sweep ''   # step timing only
+    python bench/prompt_tuning.py ... --tasks risk_cash_advance --steps 0 --sweep ''   # step timing only
 """
 
 from __future__ import annotations
@@ -90,6 +90,9 @@ def main() -> None:
     store = UserFeatureStore(args.repo)
     model = QAnchor.from_pretrained(args.model)
     tasks = [t for t in TASKS if args.tasks == "all" or t.name in args.tasks.split(",")]
+    unknown = sorted(set(args.tasks.split(",")) - {t.name for t in TASKS}) if args.tasks != "all" else []
+    if unknown or not tasks:
+        parser.error(f"unknown tasks {unknown}; known: {', '.join(t.name for t in TASKS)}")
     train_users = pd.read_parquet(args.dataset / "splits").query("split == 'train'")["user_id"]
     table = pd.read_parquet(args.dataset / "labels")
     table = table[table["user_id"].isin(train_users)].head(args.users)
