@@ -40,16 +40,20 @@ def features(dataset, spec, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def sqlite_store(features, tmp_path_factory):
-    """A real Feast repository with a SQLite online store, applied and materialized."""
+def materialized_store(features: Path, repo: Path):
+    """A real Feast repository with a SQLite online store over `features`, applied and materialized."""
     from feature_repo.store import UserFeatureStore, write_repo
 
-    repo = write_repo(tmp_path_factory.mktemp("repo") / "store", features)
-    store = UserFeatureStore(repo)
+    store = UserFeatureStore(write_repo(repo, features))
     store.apply()
     store.materialize()
     return store
+
+
+@pytest.fixture(scope="session")
+def sqlite_store(features, tmp_path_factory):
+    """The shared store most tests read; tests that apply or push build their own with `materialized_store`."""
+    return materialized_store(features, tmp_path_factory.mktemp("repo") / "store")
 
 
 def utc(*args: int) -> datetime:

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import AS_OF
+from conftest import AS_OF, materialized_store
 from qanchor.embedding_engine import EmbeddingEngine
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.scenario import LoadedScenario
@@ -23,13 +23,7 @@ REF = int(pd.Timestamp(AS_OF).timestamp())
 @pytest.fixture(scope="module")
 def store(features, tmp_path_factory):
     """A repository of its own: these tests apply views and push vectors into it."""
-    from feature_repo.store import UserFeatureStore, write_repo
-
-    repo = write_repo(tmp_path_factory.mktemp("batch") / "store", features)
-    store = UserFeatureStore(repo)
-    store.apply()
-    store.materialize()
-    return store
+    return materialized_store(features, tmp_path_factory.mktemp("batch") / "store")
 
 
 @pytest.fixture(scope="module")
