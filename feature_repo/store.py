@@ -1,10 +1,14 @@
-"""A thin adapter over `feast.FeatureStore` for Q-Anchor's two reads.
+"""A thin adapter over `feast.FeatureStore` for what Q-Anchor reads and writes.
 
 - `historical(entity_df)`: point-in-time-correct training rows (latest snapshot at or before
   each row's timestamp, within the view's TTL).
 - `online(user_ids)`: the freshest materialized features for serving.
+- `register_backbone` / `log_served_features`: a backbone version's feature service and the log
+  of the rows the service served with it.
+- `register_embeddings` / `push_embeddings` / `online_embeddings`: the `user_embedding` view that
+  batch scoring writes back.
 
-Both return `qanchor.features.UserFeatures`-ready flat rows, so no Feast type leaks out.
+Reads return `qanchor.features.UserFeatures`-ready flat rows, so no Feast type leaks out.
 """
 
 from __future__ import annotations
