@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +62,7 @@ def main() -> None:
     store = UserFeatureStore(args.repo)
     ids = sorted(store.known_users())[: args.users]
     users = store.online(ids)
-    ref = int(pd.Timestamp(store.settings.as_of).timestamp())
+    ref = store.reference_time
     times = [ref] * len(users)
     engine = EmbeddingEngine(model, PrefixCache(device_bytes=8 << 30))
     suffixes = [engine.suffix(q) for q in QUERIES[: args.scenarios]]

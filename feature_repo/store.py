@@ -94,6 +94,12 @@ class UserFeatureStore:
     def feature_version(self) -> str:
         return self.settings.feature_version
 
+    @property
+    def reference_time(self) -> int:
+        """The snapshot's as-of time in unix seconds: the default time recency is measured from
+        when serving and batch scoring, so both compute the same vector for the same user."""
+        return int(pd.Timestamp(self.settings.as_of).timestamp())
+
     def apply(self) -> list[str]:
         """Register entity, views and feature services; returns the names applied."""
         objects = build_definitions(self.settings)

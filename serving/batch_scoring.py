@@ -181,8 +181,10 @@ def _read_part_counts(path: Path) -> tuple[int, Counter]:
 
 def score_shard(model: QAnchor, scenarios: dict[str, LoadedScenario], source: FeatureSource, out: Path,
                 shard: Shard, run: ScoringRun, batch_users: int = 64, push: bool = True,
-                on_part: Callable[[int], None] | None = None) -> ShardReport:
-    """Embed every user of `shard` under `scenarios` (as planned in `run`), part by part; skip parts on disk."""
+                progress: Callable[[int, int], None] | None = None) -> ShardReport:
+    """Embed every user of `shard` under `scenarios` (as planned in `run`), part by part; skip parts on disk.
+
+    `progress(users_done_in_part, shard_users_total)` is called after each part."""
     if batch_users < 1:
         raise BatchScoringError("batch size must be positive")
     open_run(out, run)
@@ -211,8 +213,8 @@ def score_shard(model: QAnchor, scenarios: dict[str, LoadedScenario], source: Fe
             report.parts_written += 1
         report.scored += rows
         skipped.update(part_skipped)
-        if on_part is not None:
-            on_part(len(ids))
+        if progress is not None:
+            progress(len(ids), len(users))
     report.skipped_users = dict(skipped)
     report.seconds = round(time.perf_counter() - start, 3)
     (out / f"_shard-{shard.tag}.json").write_text(json.dumps(asdict(report), indent=1) + "\n")

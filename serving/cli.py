@@ -61,13 +61,12 @@ def score_batch(repo: Path, out: Path, alias: str, scenarios: str | None, shard:
 
     Run the same command with --shard 0/N ... N-1/N on N workers; rerun a shard to resume it.
     """
-    import pandas as pd
     import torch
     from tqdm import tqdm
 
     from feature_repo.store import UserFeatureStore
     from qanchor.modality_spec import FeatureSchemaError
-    from serving.batch_scoring import BatchScoringError, Shard, open_run, plan_run, score_shard, shard_users
+    from serving.batch_scoring import BatchScoringError, Shard, open_run, plan_run, score_shard
     from serving.runtime import load_scenarios
     from training import registry
     from training.tracking import TrackingError
@@ -84,15 +83,18 @@ def score_batch(repo: Path, out: Path, alias: str, scenarios: str | None, shard:
             raise BatchScoringError(f"scenarios {unknown or names} are not registered for qanchor-backbone "
                                     f"v{model.registry_version}; registered: {sorted(available)}")
         chosen = {n: available[n] for n in names}
-        ref = reference_time if reference_time is not None else int(pd.Timestamp(store.settings.as_of).timestamp())
+        ref = reference_time if reference_time is not None else store.reference_time
         run = plan_run(model, chosen, ref, store.feature_version, part, part_users)
         open_run(out, run)
         if push:
             store.register_embeddings(out, names, model.registry_version)
-        total = len(shard_users(store.known_users(), part))
-        with tqdm(total=total, unit="user", desc=f"shard {part.index}/{part.count}") as bar:
+        with tqdm(unit="user", desc=f"shard {part.index}/{part.count}") as bar:
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done)
+
             report = score_shard(model, chosen, store, out, part, run, batch_users=batch_users, push=push,
-                                 on_part=bar.update)
+                                 progress=progress)
     except (BatchScoringError, FeatureSchemaError, TrackingError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(report.skipped_users.items())) or "none"

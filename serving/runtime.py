@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from qanchor.embedding_engine import EmbeddingEngine, QueryTooLongError, Suffix
@@ -93,7 +92,7 @@ class EmbeddingRuntime:
         # One forward at a time: concurrent requests queue here instead of oversubscribing the cores/GPU.
         self._compute = threading.Lock()
         self.counters = Counters()
-        self.default_reference_time = int(pd.Timestamp(store.settings.as_of).timestamp())
+        self.default_reference_time = store.reference_time
         self.feature_log = FeatureLog(store, self.backbone_version, settings.feature_log_rows,
                                       settings.feature_log_seconds) if settings.feature_log else None
 
