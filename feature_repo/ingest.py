@@ -5,8 +5,10 @@ Input (the bring-your-own-data schema, see docs/data.md): a long event table
 [updated_at], <profile fields>), each a parquet file or a directory of them.
 
 Output: one parquet source per modality holding, for every user and snapshot time `s`, the
-user's last `max_events` events with `s - window_days <= event_time < s` as list columns,
-plus the profile source and a manifest. Several snapshots make point-in-time joins
+user's last `max_events` events with `s - window_days <= event_time < s` as list columns; one
+history source per modality aggregating EVERY event of that window per event kind (counts over
+the spec's sub-windows, first/last seen, numeric sums), so what falls off the end of the event
+sequence still reaches the model and the baselines; the profile source and a manifest. Several snapshots make point-in-time joins
 meaningful: a training row stamped `t` gets the latest snapshot `s <= t`, never later events.
 
 Memory stays bounded: events are validated batch by batch and hash-partitioned by user into
@@ -40,6 +42,7 @@ from monitoring.validation import (
     profile_expectations,
     validate_frame,
 )
+from qanchor.features import DIGITS_PATTERN, count_field, history_view_name
 from qanchor.modality_spec import EventModality, ModalitySpec
 
 
@@ -191,6 +194,60 @@ def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModa
     return pa.table(columns, schema=_snapshot_schema(modality))
 
 
+def _history_schema(modality: EventModality, windows: tuple[int, ...]) -> pa.Schema:
+    fields = [("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+              ("kinds", pa.list_(pa.string()))]
+    fields += [(count_field(d), pa.list_(pa.int64())) for d in windows]
+    fields += [("last_seen", pa.list_(pa.int64())), ("first_seen", pa.list_(pa.int64()))]
+    fields += [(f"{name}_sum", pa.list_(pa.float64())) for name in modality.numeric_names]
+    fields += [("n_events", pa.int64())]
+    return pa.schema(fields)
+
+
+def build_history(events: pd.DataFrame, users: np.ndarray, modality: EventModality, snapshot: pd.Timestamp,
+                  windows: tuple[int, ...]) -> pa.Table:
+    """One row per user in `users` (sorted): every event of the window aggregated per kind.
+
+    Kinds are digit-masked texts (`qanchor.features.text_key`); each user keeps its
+    `history_kinds` most frequent kinds over the whole window (ties: the most recent first).
+    """
+    window = events[(events["modality"] == modality.name)
+                    & (events["event_time"] < snapshot)
+                    & (events["event_time"] >= snapshot - pd.Timedelta(days=modality.window_days))]
+    seconds = ((window["event_time"] - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    age = (snapshot.value // 10**9) - seconds
+    frame = pd.DataFrame({
+        "user_id": window["user_id"].to_numpy(dtype=object),
+        "kind": window["text"].str.strip().str.lower().str.replace(DIGITS_PATTERN, "#", regex=True).to_numpy(dtype=object),
+        "t": seconds,
+        **{count_field(d): (age < d * 86_400).astype(np.int64) for d in windows},
+        **{f"{name}_sum": window[name].to_numpy(dtype=np.float64) for name in modality.numeric_names},
+    })
+    totals = frame.groupby("user_id").size()
+    grouped = frame.groupby(["user_id", "kind"], sort=False).agg(
+        last_seen=("t", "max"), first_seen=("t", "min"),
+        **{c: (c, "sum") for c in frame.columns if c.startswith("count_") or c.endswith("_sum")}).reset_index()
+    whole = count_field(windows[-1])
+    grouped = grouped.sort_values(["user_id", whole, "last_seen", "kind"], ascending=[True, False, False, True],
+                                  kind="stable")
+    grouped = grouped[grouped.groupby("user_id").cumcount() < modality.history_kinds]
+    codes = np.searchsorted(users, grouped["user_id"].to_numpy())
+    counts = np.bincount(codes, minlength=len(users))
+    columns = {
+        "user_id": pa.array(users, type=pa.string()),
+        "event_timestamp": pa.array(np.full(len(users), snapshot.value // 1000), type=pa.timestamp("us", tz="UTC")),
+        "kinds": _list_array(grouped["kind"].to_numpy(dtype=object), counts, pa.string()),
+    }
+    for d in windows:
+        columns[count_field(d)] = _list_array(grouped[count_field(d)].to_numpy(dtype=np.int64), counts, pa.int64())
+    for name in ("last_seen", "first_seen"):
+        columns[name] = _list_array(grouped[name].to_numpy(dtype=np.int64), counts, pa.int64())
+    for name in modality.numeric_names:
+        columns[f"{name}_sum"] = _list_array(grouped[f"{name}_sum"].to_numpy(dtype=np.float64), counts, pa.float64())
+    columns["n_events"] = pa.array(totals.reindex(users, fill_value=0).to_numpy(dtype=np.int64))
+    return pa.table(columns, schema=_history_schema(modality, windows))
+
+
 def _profile_table(profiles: pd.DataFrame, config: ImportConfig) -> pa.Table:
     frame = profiles[["user_id", *[f.name for f in config.spec.profile.fields]]].copy()
     stamp = profiles["updated_at"] if "updated_at" in profiles else config.window_start
@@ -224,12 +281,17 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
             users = np.union1d(profiles.loc[profile_buckets == b, "user_id"].astype(str).to_numpy(),
                                events["user_id"].astype(str).unique()).astype(object)
             for modality in config.spec.event_modalities:
-                tables = [build_snapshots(events, users, modality, s) for s in config.snapshot_times]
-                table = pa.concat_tables(tables)
-                target = staging / "features" / modality.name
-                target.mkdir(parents=True, exist_ok=True)
-                pq.write_table(table, target / f"part-{b:05d}.parquet", compression="zstd")
-                rows[modality.name] = rows.get(modality.name, 0) + table.num_rows
+                tables = {modality.name: [build_snapshots(events, users, modality, s) for s in config.snapshot_times]}
+                if modality.history_kinds:
+                    windows = config.spec.history_windows(modality)
+                    tables[history_view_name(modality.name)] = [
+                        build_history(events, users, modality, s, windows) for s in config.snapshot_times]
+                for name, parts in tables.items():
+                    table = pa.concat_tables(parts)
+                    target = staging / "features" / name
+                    target.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(table, target / f"part-{b:05d}.parquet", compression="zstd")
+                    rows[name] = rows.get(name, 0) + table.num_rows
             shutil.rmtree(bucket_dir, ignore_errors=True)
         (staging / "features" / PROFILE_VIEW).mkdir(parents=True)
         pq.write_table(_profile_table(profiles, config), staging / "features" / PROFILE_VIEW / "part-00000.parquet")

@@ -12,10 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.feature_logging import LoggingConfig
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.types import Array, Float32, Float64, Int64, String
 
+from qanchor.features import count_field, history_view_name
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality, parse_spec
 
 #: Settings file every Q-Anchor Feast repository carries next to feature_store.yaml.
@@ -115,6 +117,7 @@ def event_view(modality: EventModality, data: Path, user: Entity) -> FeatureView
         name=f"{modality.name}_source",
         path=str(data / modality.name),
         timestamp_field="event_timestamp",
+        file_format=ParquetFormat(),
         description=f"Snapshots of the last {modality.window_days} days of {modality.name} events per user.",
     )
     schema = [Field(name="texts", dtype=Array(String)), Field(name="event_times", dtype=Array(Int64))]
@@ -132,6 +135,33 @@ def event_view(modality: EventModality, data: Path, user: Entity) -> FeatureView
     )
 
 
+def history_view(modality: EventModality, windows: tuple[int, ...], data: Path, user: Entity) -> FeatureView:
+    """Every event of the window aggregated per event kind: what the last `max_events` events miss."""
+    name = history_view_name(modality.name)
+    source = FileSource(
+        name=f"{name}_source",
+        path=str(data / name),
+        timestamp_field="event_timestamp",
+        file_format=ParquetFormat(),
+        description=f"Per-kind aggregates of all {modality.name} events in the last {modality.window_days} days.",
+    )
+    schema = [Field(name="kinds", dtype=Array(String))]
+    schema += [Field(name=count_field(d), dtype=Array(Int64)) for d in windows]
+    schema += [Field(name="last_seen", dtype=Array(Int64)), Field(name="first_seen", dtype=Array(Int64))]
+    schema += [Field(name=f"{f.name}_sum", dtype=Array(Float64)) for f in modality.numeric_fields]
+    schema += [Field(name="n_events", dtype=Int64)]
+    return FeatureView(
+        name=name,
+        entities=[user],
+        ttl=timedelta(days=modality.window_days),
+        schema=schema,
+        source=source,
+        online=True,
+        description=f"{modality.name}: counts, recency and sums per event kind over the whole window",
+        tags={"modality": modality.name, "history_kinds": str(modality.history_kinds)},
+    )
+
+
 _PROFILE_TYPES = {"int": Int64, "float": Float64, "category": String}
 
 
@@ -141,6 +171,7 @@ def profile_view(profile: ProfileModality, data: Path, user: Entity, ttl_days: i
         name="profile_source",
         path=str(data / PROFILE_VIEW),
         timestamp_field="event_timestamp",
+        file_format=ParquetFormat(),
         description="Profile attributes per user, stamped with when they were last updated.",
     )
     return FeatureView(
@@ -164,6 +195,7 @@ def embedding_view(embeddings: EmbeddingSettings, user: Entity) -> tuple[PushSou
     push = PushSource(
         name=EMBEDDING_PUSH_SOURCE,
         batch_source=FileSource(name="user_embedding_batch", path=embeddings.path, timestamp_field="event_timestamp",
+                                file_format=ParquetFormat(),
                                 description="Parquet parts written by `qanchor score-batch`."),
         description="Scenario embeddings pushed by batch scoring.",
     )
@@ -198,6 +230,8 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
     user = user_entity()
     objects: dict[str, object] = {"user": user}
     views = [event_view(m, settings.data, user) for m in settings.spec.event_modalities]
+    views += [history_view(m, settings.spec.history_windows(m), settings.data, user)
+              for m in settings.spec.history_modalities]
     if settings.spec.profile is not None:
         views.append(profile_view(settings.spec.profile, settings.data, user, ttl_days=PROFILE_TTL_DAYS))
     for view in views:
@@ -208,13 +242,16 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
         description="Every UserU feature the hierarchical encoder reads.",
         tags={"feature_version": settings.feature_version},
     )
-    by_modality = {view.tags["modality"]: view for view in views}
+    by_modality: dict[str, list[FeatureView]] = {}
+    for view in views:
+        by_modality.setdefault(view.tags["modality"], []).append(view)
     for version, modalities in settings.backbones.items():
         unknown = sorted(set(modalities) - set(by_modality))
         if unknown:
             raise ValueError(f"{SETTINGS_FILE}: backbone v{version} reads modalities {unknown} that the imported "
                              f"spec lacks ({sorted(by_modality)}); re-import with that spec or drop the entry")
-        objects[backbone_service_name(version)] = backbone_feature_service(version, [by_modality[m] for m in modalities])
+        objects[backbone_service_name(version)] = backbone_feature_service(
+            version, [v for m in modalities for v in by_modality[m]])
     if settings.embeddings is not None:
         push, view = embedding_view(settings.embeddings, user)
         objects[EMBEDDING_PUSH_SOURCE], objects[EMBEDDING_VIEW] = push, view

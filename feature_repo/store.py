@@ -43,6 +43,7 @@ from feature_repo.objects import (  # noqa: E402
     RepoSettings,
     backbone_service_name,
     build_definitions,
+    event_view_name,
     update_settings,
 )
 from qanchor.features import UserFeatures  # noqa: E402
@@ -172,14 +173,18 @@ class UserFeatureStore:
         job = self._store.get_historical_features(entity_df=entity_df, features=self.feature_refs(),
                                                   full_feature_names=True)
         rows = job.to_df()
-        if len(rows) != len(entity_df):
-            # Feast's file offline store drops an entity row whose only candidate feature rows are
-            # newer than it, instead of returning nulls; silently losing training rows is worse
-            # than failing, so say which rows are too early.
+        # Import writes a snapshot row for every known user (empty lists when idle), so a null
+        # snapshot means the row is older than every snapshot or the user is unknown: such rows
+        # would train on an empty user, so they fail here instead of silently passing as one.
+        snapshot_columns = [f"{event_view_name(m.name)}__n_events" for m in self.spec.event_modalities]
+        missing = rows[snapshot_columns].isna().all(axis=1) if snapshot_columns else pd.Series(False, index=rows.index)
+        if len(rows) != len(entity_df) or missing.any():
+            example = rows.loc[missing, ["user_id", "event_timestamp"]].head(1).to_dict("records")
             raise ValueError(
-                f"point-in-time join returned {len(rows)} of {len(entity_df)} rows: some rows are older than "
-                f"every snapshot of a view (oldest feature data: {min(self.settings.snapshot_days)} days "
-                f"before {self.settings.as_of}, profile `updated_at`); move those rows later or re-import")
+                f"point-in-time join found features for {len(rows) - int(missing.sum())} of {len(entity_df)} rows "
+                f"(e.g. {example}): those rows are older than every snapshot (oldest feature data: "
+                f"{max(self.settings.snapshot_days)} days before {self.settings.as_of}) or their users are unknown; "
+                "move those rows later, drop them or re-import")
         return rows
 
     def features_at(self, user_ids: list[str], times: list[pd.Timestamp]) -> list[UserFeatures]:

@@ -82,6 +82,10 @@ class EventModality(_Strict):
     numeric_fields: tuple[NumericField, ...] = ()
     max_events: int = Field(gt=0, le=4096)
     window_days: int = Field(gt=0, le=3650)
+    #: Distinct event kinds (digit-masked texts) kept in the window-long history, most frequent
+    #: first; 0 turns the modality's history off. The history covers every event in the window,
+    #: while the event sequence keeps only the last `max_events`.
+    history_kinds: int = Field(default=64, ge=0, le=1024)
 
     @model_validator(mode="after")
     def _template_uses_declared_fields(self) -> EventModality:
@@ -132,7 +136,16 @@ class ModalitySpec(_Strict):
 
     version: Literal[1] = 1
     max_text_chars: int = Field(default=256, gt=0, le=4096)
+    #: Sub-windows (days) the history counts events over, besides each modality's whole window.
+    history_windows_days: tuple[int, ...] = (7, 30)
     modalities: tuple[Modality, ...] = Field(min_length=1)
+
+    @field_validator("history_windows_days")
+    @classmethod
+    def _positive_windows(cls, windows: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w <= 0 for w in windows) or len(set(windows)) != len(windows):
+            raise ValueError(f"history windows must be distinct positive day counts, got {list(windows)}")
+        return tuple(sorted(windows))
 
     @field_validator("modalities", mode="before")
     @classmethod
@@ -177,6 +190,14 @@ class ModalitySpec(_Strict):
     def window_days(self) -> int:
         return max((m.window_days for m in self.event_modalities), default=0)
 
+    def history_windows(self, modality: EventModality) -> tuple[int, ...]:
+        """Day counts a modality's history is counted over, ascending; the last is its whole window."""
+        return (*(w for w in self.history_windows_days if w < modality.window_days), modality.window_days)
+
+    @property
+    def history_modalities(self) -> tuple[EventModality, ...]:
+        return tuple(m for m in self.event_modalities if m.history_kinds > 0)
+
     def fingerprint(self) -> str:
         """Short content hash: two specs with the same fingerprint lay features out identically."""
         return "spec-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
@@ -203,6 +224,8 @@ def spec_differences(expected: ModalitySpec, actual: ModalitySpec) -> list[str]:
         changed = sorted(k for k in ours[m.name].keys() | theirs.keys() if ours[m.name].get(k) != theirs.get(k))
         if changed:
             problems.append(f"modality {m.name!r} differs in {changed}")
+    if expected.history_windows_days != actual.history_windows_days:
+        problems.append(f"history_windows_days {list(expected.history_windows_days)} vs {list(actual.history_windows_days)}")
     if expected.max_text_chars != actual.max_text_chars:
         problems.append(f"max_text_chars {expected.max_text_chars} vs {actual.max_text_chars}")
     return problems or ["specs differ"]

@@ -15,7 +15,7 @@ import pytest
 from conftest import AS_OF
 from feature_repo.ingest import ImportConfig, import_data
 from feature_repo.store import UserFeatureStore, write_repo
-from qanchor.features import FeatureValueError, UserFeatures
+from qanchor.features import FeatureValueError, UserFeatures, text_key
 
 
 def _expected_last_window(events: pd.DataFrame, user: str, modality: str, max_events: int,
@@ -38,6 +38,32 @@ def test_online_read_returns_each_users_latest_window(sqlite_store, dataset, spe
         assert features.profile["occupation"] == profiles.loc[features.user_id, "occupation"]
 
 
+def test_history_aggregates_every_event_of_the_window_not_only_the_last_ones(sqlite_store, dataset, spec):
+    """The event view keeps the last `max_events`; the history view counts the whole window per kind."""
+    events = pd.read_parquet(dataset / "events")
+    end = pd.Timestamp(AS_OF)
+    bill = spec.modality("bill")
+    window = events[(events.modality == "bill") & (events.event_time < end) & (events.event_time >= end - pd.Timedelta(days=90))]
+    heavy = window.user_id.value_counts()
+    user = heavy.index[0]
+    assert heavy.iloc[0] > bill.max_events, "the fixture needs a user whose window overflows the event sequence"
+    (features,) = sqlite_store.online([user])
+    past = features.history["bill"]
+    mine = window[window.user_id == user].assign(kind=lambda f: f.text.map(text_key))
+    expected = mine.groupby("kind").size()
+    assert past.events == len(mine) > len(features.modalities["bill"])
+    assert dict(zip(past.kinds, past.counts[90])) == expected.sort_values(ascending=False).head(bill.history_kinds).to_dict()
+    assert list(past.counts[90]) == sorted(past.counts[90], reverse=True)
+    for i, kind in enumerate(past.kinds):
+        rows = mine[mine.kind == kind]
+        age = end - rows.event_time
+        assert past.counts[7][i] == int((age < pd.Timedelta(days=7)).sum())
+        assert past.counts[30][i] == int((age < pd.Timedelta(days=30)).sum())
+        assert past.last_seen[i] == int(rows.event_time.max().timestamp())
+        assert past.first_seen[i] == int(rows.event_time.min().timestamp())
+        assert past.sums["amount"][i] == pytest.approx(rows.amount.sum())
+
+
 def test_unknown_user_reads_as_empty(sqlite_store):
     (features,) = sqlite_store.online(["no-such-user"])
     assert features.is_empty
@@ -45,7 +71,8 @@ def test_unknown_user_reads_as_empty(sqlite_store):
 
 def test_feature_service_names_every_view(sqlite_store, spec):
     views = {ref.split(":")[0] for ref in sqlite_store.feature_refs()}
-    assert views == {f"{m.name}_events" for m in spec.event_modalities} | {"profile"}
+    assert views == ({f"{m.name}_events" for m in spec.event_modalities} | {"profile"}
+                     | {f"{m.name}_history" for m in spec.history_modalities})
 
 
 def test_the_feast_cli_understands_the_repository(sqlite_store):
@@ -102,7 +129,7 @@ def test_rows_older_than_every_snapshot_fail_loudly(sqlite_store, dataset):
     user = pd.read_parquet(dataset / "profiles")["user_id"].iloc[0]
     too_early = pd.DataFrame({"user_id": [user, user],
                               "event_timestamp": [pd.Timestamp(AS_OF), pd.Timestamp(AS_OF) - pd.Timedelta(days=45)]})
-    with pytest.raises(ValueError, match="returned 1 of 2 rows"):
+    with pytest.raises(ValueError, match="found features for 1 of 2 rows.*older than every snapshot"):
         sqlite_store.historical(too_early)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from conftest import AS_OF
 from qanchor.model import BackboneSettings, ModelSettings, QAnchor
-from qanchor.model.batch import collate_users
+from qanchor.model.batch import collate_users, history_key
 from qanchor.model.text_encoder import TextEmbeddingCache
 
 REF = int(pd.Timestamp(AS_OF).timestamp())
@@ -60,17 +62,36 @@ def test_right_padding_and_length_buckets_leave_embeddings_unchanged(tiny, users
     torch.testing.assert_close(bucketed, together, atol=1e-5, rtol=0)
 
 
-def test_prefix_layout_is_user_then_present_modalities_then_events(tiny, users):
+def test_prefix_layout_is_user_then_modalities_then_histories_then_events(tiny, users):
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
     prefix = tiny.network.prefix_embeddings(batch, tiny.cache.table())
     present = [name for name in tiny.spec.names if batch[name].mask[0].any()]
+    histories = [m.name for m in tiny.spec.history_modalities if batch[history_key(m.name)].mask[0].any()]
+    assert histories, "the fixture user must have a window-long history"
     events = sum(int(batch[name].mask[0].sum()) for name in tiny.spec.names)
-    assert prefix.host_lengths == [1 + len(present) + events]
-    user, mods, _ = tiny.network.user_encoder(batch, tiny.cache.table())
+    assert prefix.host_lengths == [1 + len(present) + len(histories) + events]
+    encoded = tiny.network.user_encoder(batch, tiny.cache.table())
     types = tiny.network._token_embeddings(tiny.network._type_ids)
-    assert torch.allclose(prefix.tokens[0, 0], user[0] + types[0])
+    assert torch.allclose(prefix.tokens[0, 0], encoded.user[0] + types[0])
     first_mod = tiny.spec.names.index(present[0])
-    assert torch.allclose(prefix.tokens[0, 1], mods[0, first_mod] + types[1 + first_mod])
+    assert torch.allclose(prefix.tokens[0, 1], encoded.modalities[0, first_mod] + types[1 + first_mod])
+    first_history = 1 + len(present)
+    expected = encoded.history[0, 0] + types[1 + tiny.spec.names.index(histories[0])] + tiny.network.history_type
+    assert torch.allclose(prefix.tokens[0, first_history], expected)
+
+
+def test_history_tokens_carry_events_that_fell_off_the_event_sequence(tiny, users):
+    """Two users whose last events agree but whose older history differs get different vectors."""
+    user = users[0]
+    past = user.history["bill"]
+    older = replace(past, counts={d: tuple(c + (5 if d == max(past.counts) else 0) for c in v) for d, v in past.counts.items()},
+                    events=past.events + 5 * len(past))
+    twin = replace(user, history={**user.history, "bill": older})
+    a, b = tiny.embed([user, twin], ["will this user repay late?"], reference_time=REF)
+    assert np.abs(a - b).max() > 1e-4
+    without = QAnchor.build(tiny.spec, tiny.settings.model_copy(update={"history_tokens": False}))
+    a, b = without.embed([user, twin], ["will this user repay late?"], reference_time=REF)
+    assert np.abs(a - b).max() == 0.0, "with history tokens off, the history must not reach the model"
 
 
 def test_embeddings_are_normalised_and_query_specific(tiny, users):

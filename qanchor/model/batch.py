@@ -3,6 +3,10 @@
 Per modality (spec order; the profile counts as a modality whose "events" are its fields
 rendered "name: value"): text-embedding row ids, signed-log numeric fields, time features
 (recency within the window, hour of day as sin/cos) and a mask. Padding is id 0 / mask False.
+
+Per modality with a history (under `history_key(name)`): one row per event kind with its
+text-embedding id and, as numeric features, log counts over each history window, signed-log
+sums of the numeric fields, and the recency of its last and first event within the window.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qanchor.features import UserFeatures
+from qanchor.features import ModalityHistory, UserFeatures
 from qanchor.modality_spec import EventModality, ModalitySpec
 from qanchor.model.text_encoder import TextEmbeddingCache
 
@@ -33,6 +37,16 @@ class ModalityBatch:
 def numeric_width(spec: ModalitySpec, modality: str) -> int:
     m = spec.modality(modality)
     return len(m.numeric_fields) if isinstance(m, EventModality) else 0
+
+
+def history_key(modality: str) -> str:
+    """Where a modality's history sits in a collated batch ("/" cannot occur in a modality name)."""
+    return f"{modality}/history"
+
+
+def history_width(spec: ModalitySpec, modality: EventModality) -> int:
+    """Numeric features per history kind: counts per window, numeric sums, last/first recency."""
+    return len(spec.history_windows(modality)) + len(modality.numeric_fields) + 2
 
 
 def _signed_log(x: float) -> float:
@@ -80,4 +94,28 @@ def collate_users(users: list[UserFeatures], reference_times: list[int], spec: M
             time[b, :n] = torch.tensor(times, dtype=torch.float32)
             mask[b, :n] = True
         out[modality.name] = ModalityBatch(ids, numeric, time, mask)
+    for modality in spec.history_modalities:
+        out[history_key(modality.name)] = _collate_history(
+            [u.history.get(modality.name, ModalityHistory()) for u in users], reference_times, spec, modality, cache)
     return out
+
+
+def _collate_history(histories: list[ModalityHistory], reference_times: list[int], spec: ModalitySpec,
+                     modality: EventModality, cache: TextEmbeddingCache) -> ModalityBatch:
+    windows = spec.history_windows(modality)
+    window = 86_400.0 * modality.window_days
+    width = max(1, max(len(h) for h in histories))
+    ids = torch.zeros(len(histories), width, dtype=torch.long)
+    numeric = torch.zeros(len(histories), width, history_width(spec, modality))
+    mask = torch.zeros(len(histories), width, dtype=torch.bool)
+    for b, (past, ref) in enumerate(zip(histories, reference_times)):
+        n = min(len(past), modality.history_kinds)
+        if not n:
+            continue
+        columns = [[math.log1p(c) for c in past.counts[d][:n]] for d in windows]
+        columns += [[_signed_log(v) for v in past.sums[name][:n]] for name in modality.numeric_names]
+        columns += [[(ref - t) / window for t in past.last_seen[:n]], [(ref - t) / window for t in past.first_seen[:n]]]
+        ids[b, :n] = torch.tensor(cache.ids(list(past.kinds[:n])))
+        numeric[b, :n] = torch.tensor(columns, dtype=torch.float32).T
+        mask[b, :n] = True
+    return ModalityBatch(ids, numeric, torch.zeros(len(histories), width, 0), mask)

@@ -60,4 +60,7 @@ class ModelSettings(_Config):
     #: The [USER] and [MOD_m] summary tokens in front of the events; off only for the paper's
     #: "without modality/user tokens" ablation.
     summary_tokens: bool = True
+    #: One `[HIST_m]` token per modality summarising every event of its window (the history
+    #: feature view), so what falls off the last `max_events` events still reaches the model.
+    history_tokens: bool = True
     loss: LossSettings = LossSettings()

@@ -2,7 +2,10 @@
 
 Sequence of the anchor tower (one row per (user, query) pair, packed left, right-padded):
 
-    [USER] [MOD_1..MOD_M] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
+    [USER] [MOD_1..MOD_M] [HIST_1..HIST_M] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
+
+`[HIST_m]` summarises every event of modality m's window (per-kind counts, recency, sums from
+the history feature view), while the event tokens are only its last `max_events` events.
 
 Everything left of `|` is the user prefix: it is built from the user's features alone, so under
 causal attention its hidden states (and KV cache) never depend on the query. Empty modalities
@@ -20,7 +23,7 @@ from torch import nn
 
 from qanchor.modality_spec import ModalitySpec
 from qanchor.model.backbone import EMB_TOKEN, QUERY_TOKEN, USER_TOKEN, Backbone, modality_token
-from qanchor.model.batch import TIME_FEATURES, ModalityBatch, numeric_width
+from qanchor.model.batch import TIME_FEATURES, ModalityBatch, history_key, history_width, numeric_width
 from qanchor.model.config import ModelSettings
 from qanchor.model.text_encoder import TextEmbeddingCache
 
@@ -43,23 +46,62 @@ def _adapter(hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
+def _mlp(width: int, inner: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width, inner), nn.GELU(), nn.Linear(inner, hidden))
+
+
+@dataclass
+class EncodedUsers:
+    """The hierarchical encoder's output, before the prefix is laid out."""
+
+    user: torch.Tensor               # [B, H]
+    modalities: torch.Tensor         # [B, M, H] mean of each modality's recent events, adapted
+    history: torch.Tensor            # [B, M_h, H] each history modality's whole window, adapted
+    history_present: torch.Tensor    # [B, M_h] bool: the user has any history in that modality
+    events: list[torch.Tensor]       # per modality [B, N_m, H]
+
+
 class HierarchicalUserEncoder(nn.Module):
     """Events -> event tokens (per-modality MLP); masked mean -> modality tokens (shared adapter);
-    mean over present modalities -> user token (user adapter)."""
+    per-kind history rows -> kind vectors (per-modality MLP), mean and max pooled -> history
+    tokens (history adapter); mean over present summaries -> user token (user adapter).
 
-    def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, text_dim: int = TextEmbeddingCache.dim):
+    Max pooling keeps a rare kind seen once months ago visible next to the frequent ones,
+    which a mean over dozens of kinds would wash out.
+    """
+
+    def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, history: bool = True,
+                 text_dim: int = TextEmbeddingCache.dim):
         super().__init__()
         self.names = spec.names
+        self.history_names = tuple(m.name for m in spec.history_modalities) if history else ()
         self.event_mlps = nn.ModuleDict({
-            name: nn.Sequential(nn.Linear(text_dim + numeric_width(spec, name) + TIME_FEATURES, event_hidden),
-                                nn.GELU(), nn.Linear(event_hidden, hidden))
-            for name in self.names
+            name: _mlp(text_dim + numeric_width(spec, name) + TIME_FEATURES, event_hidden, hidden) for name in self.names
+        })
+        self.history_mlps = nn.ModuleDict({
+            name: _mlp(text_dim + history_width(spec, spec.modality(name)), event_hidden, hidden)
+            for name in self.history_names
         })
         self.modal_adapter = _adapter(hidden)
         self.user_adapter = _adapter(hidden)
+        if self.history_names:
+            self.history_pool = nn.Linear(2 * hidden, hidden)
+            self.history_adapter = _adapter(hidden)
 
-    def forward(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Returns user tokens [B, H], modality tokens [B, M, H] and event tokens per modality [B, N_m, H]."""
+    def _history(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, present = [], []
+        for name in self.history_names:
+            hb = batch[history_key(name)]
+            mask = hb.mask.unsqueeze(-1)
+            kinds = self.history_mlps[name](torch.cat([text_table[hb.ids], hb.numeric], dim=-1))
+            count = hb.mask.sum(1, keepdim=True)
+            mean = (kinds * mask).sum(1) / count.clamp(min=1)
+            peak = kinds.masked_fill(~mask, torch.finfo(kinds.dtype).min).amax(1) * (count > 0)
+            pooled.append(self.history_adapter(self.history_pool(torch.cat([mean, peak], dim=-1))))
+            present.append(count.squeeze(1) > 0)
+        return torch.stack(pooled, dim=1), torch.stack(present, dim=1)
+
+    def forward(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> EncodedUsers:
         events, summaries, present = [], [], []
         for name in self.names:
             mb = batch[name]
@@ -67,12 +109,19 @@ class HierarchicalUserEncoder(nn.Module):
             tokens = self.event_mlps[name](x) * mb.mask.unsqueeze(-1)
             count = mb.mask.sum(1, keepdim=True)
             summaries.append(self.modal_adapter(tokens.sum(1) / count.clamp(min=1)))
-            present.append(count > 0)
+            present.append(count.squeeze(1) > 0)
             events.append(tokens)
         mods = torch.stack(summaries, dim=1)
-        weight = torch.stack(present, dim=1).to(mods.dtype)
-        user = self.user_adapter((mods * weight).sum(1) / weight.sum(1).clamp(min=1))
-        return user, mods, events
+        batch_size, hidden = mods.shape[0], mods.shape[-1]
+        if self.history_names:
+            history, history_present = self._history(batch, text_table)
+        else:
+            history = mods.new_zeros(batch_size, 0, hidden)
+            history_present = torch.zeros(batch_size, 0, dtype=torch.bool, device=mods.device)
+        summary = torch.cat([mods, history], dim=1)
+        weight = torch.cat([torch.stack(present, dim=1), history_present], dim=1).to(mods.dtype).unsqueeze(-1)
+        user = self.user_adapter((summary * weight).sum(1) / weight.sum(1).clamp(min=1))
+        return EncodedUsers(user, mods, history, history_present, events)
 
 
 @dataclass
@@ -116,7 +165,9 @@ class QAnchorModel(nn.Module):
         self.backbone = backbone
         self.lm = backbone.lm
         hidden = backbone.hidden_size
-        self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden)
+        self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens)
+        #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
+        self.history_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
         #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
         self.pad_to_multiple = 1
@@ -146,20 +197,23 @@ class QAnchorModel(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def prefix_embeddings(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> Prefixes:
-        """Per user, `[USER] [present modalities] [their events]`, packed to the left of the row.
+        """Per user, `[USER] [present modalities] [present histories] [their events]`, packed to the
+        left of the row.
 
         Vectorised: every candidate token is laid out densely, then a stable sort on validity
         moves each row's real tokens to the front in layout order; one host sync sizes the rows.
         """
-        user, mods, events = self.user_encoder(batch, text_table)
+        encoded = self.user_encoder(batch, text_table)
         types = self._token_embeddings(self._type_ids)
         n_mod = len(self.spec.names)
-        candidates = [user.unsqueeze(1) + types[0], mods + types[1:1 + n_mod]]
+        history_types = types[[1 + self.spec.names.index(n) for n in self.user_encoder.history_names]]
+        candidates = [encoded.user.unsqueeze(1) + types[0], encoded.modalities + types[1:1 + n_mod],
+                      encoded.history + history_types + self.history_type]
         present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
         summaries = self.settings.summary_tokens
-        valid = [torch.full_like(present[:, :1], summaries), present & summaries]
+        valid = [torch.full_like(present[:, :1], summaries), present & summaries, encoded.history_present]
         for i, name in enumerate(self.spec.names):
-            candidates.append(events[i] + types[1 + i])
+            candidates.append(encoded.events[i] + types[1 + i])
             valid.append(batch[name].mask)
         tokens, valid_mask = torch.cat(candidates, dim=1), torch.cat(valid, dim=1)
         order = torch.sort((~valid_mask).to(torch.int8), dim=1, stable=True).indices

