@@ -4,7 +4,12 @@ Every variant is pretrained from the same base config on the same dataset, then 
 `qanchor evaluate`'s harness on the same held-out users (probe train / val / test), so rows are
 comparable within one run:
 
-  full                 the base config
+  full                 the base config: the packaged spec's short event sequences, [HIST_m]
+                       window-long history tokens, batches grouping each user under several queries
+  legacy               before history and grouping: the store's full event sequences (import the
+                       dataset with longer `max_events` to compare), no history tokens, random order
+  no_history           full without the [HIST_m] tokens
+  ungrouped            full with examples in plain random order (queries_per_user 1)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -12,8 +17,10 @@ comparable within one run:
   data_25, data_50     pretraining on 25% / 50% of the train-split examples
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
-Baselines (LightGBM on aggregates, MiniLM text) do not depend on the backbone and are scored
-once, with the full variant. A prompt-token sweep runs on the full variant.
+Baselines (LightGBM on recent aggregates and on window-long history, MiniLM text) do not depend
+on the backbone: they are scored once per population (when a bundle is exported, on the machine
+that has LightGBM and MiniLM) and shared by every variant's table. A prompt-token sweep runs on
+the full variant.
 
     python bench/quality.py --dataset data/demo/raw --repo data/demo/feature_store \
         [--variants full,no_contrastive,...] [--steps 150] [--tune-steps 150] [--sweep 1,2,4,6,8]
@@ -21,8 +28,9 @@ once, with the full variant. A prompt-token sweep runs on the full variant.
 A GPU machine without Feast or MLflow (or the MiniLM weights) runs the same comparison from a
 bundle: `--export-bundle DIR` writes the pretraining pool, the held-out examples, the evaluation
 population and a text-embedding cache covering every event text in them; `--bundle DIR` then
-pretrains with `training.pretrain.fit` and scores on whatever device torch finds. The bundle is a
-pickle: load only bundles you made.
+pretrains with `training.pretrain.fit` and scores on whatever device torch finds. Event texts
+travel as their digit-masked kinds (what the model embeds; amounts ride in numeric fields), so a
+bundle of 15k users fits one device call. The bundle is a pickle: load only bundles you made.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import gzip
 import pickle
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -42,25 +50,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
 
-from qanchor.modality_spec import ModalitySpec  # noqa: E402
+from qanchor.features import ModalityEvents, UserFeatures, text_key  # noqa: E402
+from qanchor.modality_spec import ModalitySpec, load_spec  # noqa: E402
 from qanchor.model import QAnchor  # noqa: E402
 from qanchor.model.batch import collate_users  # noqa: E402
 from qanchor.model.text_encoder import TextEmbeddingCache  # noqa: E402
 from training.data import Example, build_examples  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.evaluation.harness import TASK_NAMES, EvaluationSettings, evaluate  # noqa: E402
+from training.evaluation.harness import (  # noqa: E402
+    TASK_NAMES,
+    EvaluationSettings,
+    evaluate,
+    score_baselines,
+    task_labels,
+)
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
 from training.pretrain import (  # noqa: E402
     PretrainConfig,
     fit,
     load_config,
-    pretrain,
     retrieval_batch_size,
     seed_everything,
 )
 
-VARIANTS = ("full", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+VARIANTS = ("full", "legacy", "no_history", "ungrouped", "no_contrastive", "no_ntp", "no_summary_tokens",
+            "no_pretraining", "data_25", "data_50")
 
 
 def train_examples(dataset: Path) -> int:
@@ -76,7 +91,14 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
     cfg["optim"]["steps"] = steps
     cfg["output_dir"] = out / "runs" / variant
     cfg["tracking"].update(uri=f"sqlite:///{out / 'mlruns.db'}", experiment="qanchor-quality-bench", register_model=False)
-    if variant == "no_contrastive":
+    if variant == "legacy":
+        cfg["model"]["history_tokens"] = False
+        cfg["data"]["queries_per_user"] = 1
+    elif variant == "no_history":
+        cfg["model"]["history_tokens"] = False
+    elif variant == "ungrouped":
+        cfg["data"]["queries_per_user"] = 1
+    elif variant == "no_contrastive":
         cfg["model"]["loss"]["contrastive_weight"] = 0.0
     elif variant == "no_ntp":
         cfg["model"]["loss"]["ntp_weight"] = 0.0
@@ -91,6 +113,17 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
     return PretrainConfig.model_validate(cfg)
 
 
+def variant_spec(spec: ModalitySpec, variant: str) -> ModalitySpec:
+    """The spec a variant's model reads: `legacy` the store's own; the others the packaged default's
+    shorter event sequences (the model keeps the last events of each longer stored sequence)."""
+    if variant == "legacy":
+        return spec
+    default = {m.name: m.max_events for m in load_spec().event_modalities}
+    return spec.model_copy(update={"modalities": tuple(
+        m.model_copy(update={"max_events": min(m.max_events, default[m.name])}) if m.name in default else m
+        for m in spec.modalities)})
+
+
 @dataclass
 class Bundle:
     """Everything a variant reads from Feast, so it can run where Feast is not installed."""
@@ -100,12 +133,36 @@ class Bundle:
     val: list[Example]          # held-out retrieval examples
     population: EvaluationPopulation
     dataset: str
+    #: `score_baselines` on the population, per method and task (None: score them in the run).
+    baseline_scores: dict | None = None
+
+
+def _kinds_only(user: UserFeatures, interned: dict[str, str]) -> UserFeatures:
+    """The same user with each event text replaced by its kind, one shared string per kind."""
+    def kind(text: str) -> str:
+        key = text_key(text)
+        return interned.setdefault(key, key)
+
+    return replace(user, modalities={name: ModalityEvents(tuple(kind(t) for t in events.texts), events.times,
+                                                          events.numeric)
+                                     for name, events in user.modalities.items()},
+                   history={name: replace(past, kinds=tuple(kind(k) for k in past.kinds))
+                            for name, past in user.history.items()})
 
 
 def export_bundle(folder: Path, bundle: Bundle) -> None:
-    """The bundle, plus a text-embedding cache holding every event text its users carry."""
+    """The bundle, plus a text-embedding cache holding every event kind its users carry."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = TextEmbeddingCache()
+    interned: dict[str, str] = {}
+    compact: dict[int, UserFeatures] = {}
+
+    def small(user: UserFeatures) -> UserFeatures:
+        return compact.setdefault(id(user), _kinds_only(user, interned))
+
+    bundle = replace(bundle, train=[replace(e, features=small(e.features)) for e in bundle.train],
+                     val=[replace(e, features=small(e.features)) for e in bundle.val],
+                     population=replace(bundle.population, users=[small(u) for u in bundle.population.users]))
     examples = bundle.train + bundle.val
     users = [e.features for e in examples] + bundle.population.users
     times = [e.reference_time for e in examples] + bundle.population.reference_times
@@ -123,11 +180,11 @@ def load_bundle(folder: Path) -> tuple[Bundle, TextEmbeddingCache]:
     return bundle, TextEmbeddingCache.load(folder / "text_cache.npz", device=device)
 
 
-def pretrain_from_bundle(cfg: PretrainConfig, bundle: Bundle, cache: TextEmbeddingCache) -> QAnchor:
+def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle, cache: TextEmbeddingCache) -> QAnchor:
     """`pretrain` without Feast or MLflow: same seeds, same loop, the pool's leading share for data_*."""
     d = init_distributed()
     seed_everything(cfg.seed)
-    model = QAnchor.build(bundle.spec, cfg.model, seed=cfg.seed)
+    model = QAnchor.build(spec, cfg.model, seed=cfg.seed)
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
     accuracy = fit(model, train, bundle.val, cfg, d)
@@ -155,7 +212,9 @@ def main() -> None:
                         help="Which variants get a tuned soft prompt (default: full, no_pretraining).")
     parser.add_argument("--sweep", default="1,2,4,6,8", help="Prompt-token counts on the full variant ('' to skip).")
     parser.add_argument("--sweep-tasks", default="mkt_travel_booking,eng_checkin_streak")
-    parser.add_argument("--max-users", type=int, default=None)
+    parser.add_argument("--max-users", type=int, default=None, help="Evaluation users (held-out splits).")
+    parser.add_argument("--pretrain-users", type=int, default=None,
+                        help="Pretrain on this many train-split users (all their questions). Default: all.")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
@@ -169,26 +228,29 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}")
     base = load_config(args.config)
-    bundle = cache = None
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
-        population, pool, dataset = bundle.population, len(bundle.train), Path(bundle.dataset)
     else:
         from feature_repo.store import UserFeatureStore
 
         store = UserFeatureStore(args.repo)
         population = load_population(store, args.dataset, args.max_users)
         pool = min(train_examples(args.dataset), args.pretrain_examples or args.steps * base.optim.batch_size)
-        dataset = args.dataset
+        cache = TextEmbeddingCache()
+        labels = task_labels(population, list(TASK_NAMES))
+        start = time.perf_counter()
+        bundle = Bundle(store.spec, build_examples(store, args.dataset, "train", base.data.future_ratio, pool, base.seed,
+                                                   args.pretrain_users),
+                        build_examples(store, args.dataset, "val", base.data.future_ratio, base.data.val_examples,
+                                       base.seed + 1),
+                        population, str(args.dataset), score_baselines(store.spec, cache, population, labels))
+        print(f"baselines scored in {time.perf_counter() - start:.0f}s", flush=True)
         if args.export_bundle is not None:
-            export_bundle(args.export_bundle, Bundle(
-                store.spec, build_examples(store, dataset, "train", base.data.future_ratio, pool, base.seed),
-                build_examples(store, dataset, "val", base.data.future_ratio, base.data.val_examples, base.seed + 1),
-                population, str(dataset)))
+            export_bundle(args.export_bundle, bundle)
             print(f"wrote {args.export_bundle}: {pool} pretraining examples, {len(population.users)} evaluation users")
             return
+    population, pool, dataset = bundle.population, len(bundle.train), Path(bundle.dataset)
     args.out.mkdir(parents=True, exist_ok=True)
-    spec = bundle.spec if bundle is not None else store.spec
     rows: list[dict] = []
 
     def record(variant: str, result, seconds: float) -> None:
@@ -196,30 +258,33 @@ def main() -> None:
             rows.append({"variant": variant, "method": s["method"], "mean_auc": s["mean_auc"],
                          "auc_95": f"[{s['mean_auc_low']:.3f}, {s['mean_auc_high']:.3f}]", "mean_ks": s["mean_ks"],
                          "ks_95": f"[{s['mean_ks_low']:.3f}, {s['mean_ks_high']:.3f}]", "seconds": seconds})
+        for c in result.comparisons:
+            rows.append({"variant": variant, "method": f"{c['method']} - {c['versus']}", "mean_auc": c["auc_diff"],
+                         "auc_95": f"[{c['auc_diff_low']:.3f}, {c['auc_diff_high']:.3f}]", "mean_ks": c["ks_diff"],
+                         "ks_95": f"[{c['ks_diff_low']:.3f}, {c['ks_diff_high']:.3f}]", "seconds": seconds})
+        geometry[variant] = result.geometry
 
     models: dict[str, QAnchor] = {}
+    geometry: dict[str, dict] = {}
+    device = init_distributed().device
     for variant in variants:
         start = time.perf_counter()
+        spec = variant_spec(bundle.spec, variant)
         if variant == "no_pretraining":
             model = QAnchor.build(spec, base.model, seed=base.seed)
-            if cache is not None:
-                model.cache = cache
-                model.network.to(init_distributed().device)
+            model.cache = cache
+            model.network.to(device)
         else:
             cfg = variant_config(base, variant, dataset, args.repo or Path("."), args.steps, pool, args.out)
-            if bundle is not None:
-                model = pretrain_from_bundle(cfg, bundle, cache)
-            else:
-                model = QAnchor.from_pretrained(pretrain(cfg, progress=False)["model_dir"])
+            model = pretrain_from_bundle(cfg, spec, bundle, cache)
         models[variant] = model
-        # The baselines need LightGBM and the MiniLM weights, which a bundle's machine may lack.
-        settings = EvaluationSettings(baselines=variant == "full" and bundle is None,
+        settings = EvaluationSettings(baselines=bundle.baseline_scores is not None,
                                       prompt_tuning=args.tune == "all" or (args.tune == "default" and variant in ("full", "no_pretraining")),
                                       paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
-        result = evaluate(model, population, settings)
+        result = evaluate(model, population, settings, baseline_scores=bundle.baseline_scores)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
         record(variant, result, time.perf_counter() - start)
-        print(f"{variant}: done in {time.perf_counter() - start:.0f}s", flush=True)
+        print(f"{variant}: done in {time.perf_counter() - start:.0f}s; geometry {result.geometry}", flush=True)
 
     sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in TASK_NAMES]
     for tokens in [int(t) for t in args.sweep.split(",") if t]:
@@ -228,15 +293,15 @@ def main() -> None:
                                       tune_steps=args.tune_steps, resamples=args.resamples)
         full = models.get("full")
         if full is None:
-            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final", device=init_distributed().device)
-            if cache is not None:
-                full.cache = cache
+            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final", device=device)
+            full.cache = cache
         result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     emit(args.results_name, rows, {
-        "dataset": str(dataset), "config": str(args.config), "device": device, "from_bundle": args.bundle is not None,
+        "dataset": str(dataset), "config": str(args.config), "device": device_name, "from_bundle": args.bundle is not None,
+        "geometry": geometry,
         "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
         "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")}})
 

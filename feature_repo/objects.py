@@ -213,7 +213,13 @@ def embedding_view(embeddings: EmbeddingSettings, user: Entity) -> tuple[PushSou
     return push, view
 
 
-def backbone_feature_service(version: str, views: list[FeatureView]) -> FeatureService:
+def feature_log_path(repo: Path, version: str) -> Path:
+    """Absolute, because the DuckDB offline store writes logs relative to the process's working
+    directory, not the repository's."""
+    return Path(repo).resolve() / FEATURE_LOG_DIR / backbone_service_name(version)
+
+
+def backbone_feature_service(version: str, views: list[FeatureView], repo: Path) -> FeatureService:
     """The features one registered backbone version reads, with the service's logging of what was served."""
     name = backbone_service_name(version)
     return FeatureService(
@@ -221,7 +227,7 @@ def backbone_feature_service(version: str, views: list[FeatureView]) -> FeatureS
         features=views,
         description=f"Exactly the features qanchor-backbone v{version} reads; served rows are logged here.",
         tags={"backbone_version": version},
-        logging_config=LoggingConfig(destination=FileLoggingDestination(path=f"{FEATURE_LOG_DIR}/{name}")),
+        logging_config=LoggingConfig(destination=FileLoggingDestination(path=str(feature_log_path(repo, version)))),
     )
 
 
@@ -251,7 +257,7 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
             raise ValueError(f"{SETTINGS_FILE}: backbone v{version} reads modalities {unknown} that the imported "
                              f"spec lacks ({sorted(by_modality)}); re-import with that spec or drop the entry")
         objects[backbone_service_name(version)] = backbone_feature_service(
-            version, [v for m in modalities for v in by_modality[m]])
+            version, [v for m in modalities for v in by_modality[m]], settings.repo)
     if settings.embeddings is not None:
         push, view = embedding_view(settings.embeddings, user)
         objects[EMBEDDING_PUSH_SOURCE], objects[EMBEDDING_VIEW] = push, view

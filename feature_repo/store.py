@@ -44,6 +44,7 @@ from feature_repo.objects import (  # noqa: E402
     backbone_service_name,
     build_definitions,
     event_view_name,
+    feature_log_path,
     update_settings,
 )
 from qanchor.features import UserFeatures  # noqa: E402
@@ -245,6 +246,7 @@ class UserFeatureStore:
                     columns[name].append(request_id)
                 else:
                     columns[name].append(row.get(name))
+        feature_log_path(self.repo, backbone_version).mkdir(parents=True, exist_ok=True)
         self._store.write_logged_features(pa.Table.from_pydict(columns, schema=schema), service)
         return True
 

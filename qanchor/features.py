@@ -49,6 +49,21 @@ def _sequence(value: Any) -> tuple:
     return tuple(value)
 
 
+def feature_keys(spec: ModalitySpec, history: bool = True) -> list[str]:
+    """Every flat `<view>__<feature>` key `UserFeatures.from_row` reads for `spec` (the event views'
+    `n_events` excepted: the model counts the events themselves)."""
+    keys: list[str] = []
+    for m in spec.event_modalities:
+        keys += [f"{m.name}_events__{f}" for f in ("texts", "event_times", *m.numeric_names)]
+        if history and m.history_kinds:
+            columns = ("kinds", *(count_field(d) for d in spec.history_windows(m)), "last_seen", "first_seen",
+                       *(f"{n}_sum" for n in m.numeric_names), "n_events")
+            keys += [f"{history_view_name(m.name)}__{c}" for c in columns]
+    if spec.profile is not None:
+        keys += [f"profile__{f.name}" for f in spec.profile.fields]
+    return keys
+
+
 @dataclass(frozen=True)
 class ModalityEvents:
     """One modality's recent events, oldest first; `numeric[name][i]` belongs to `texts[i]`."""

@@ -6,6 +6,12 @@ other anchors for the answer (answer->anchor). A candidate j whose similarity ex
 positive's by more than `margin` is presumed a false negative (another user with the same
 answer, say) and dropped: m_ij = 1[s_ij <= s_ii + margin]. Under DDP, pass the all-gathered
 embeddings as `*_all` (gathered with gradient) so negatives span all ranks.
+
+Two facts about the rows refine the mask when the caller knows them. A candidate whose answer
+text is the same as the positive's is a false negative whatever its score (two users both
+answering "no"). A candidate of the SAME user with a different answer is a true negative
+whatever its score: the similarity rule would drop exactly those (one user's anchors under two
+queries are close), which is what lets an embedding ignore the query, so they are kept.
 """
 
 from __future__ import annotations
@@ -14,34 +20,45 @@ import torch
 import torch.nn.functional as F
 
 
-def _masked_infonce(scores: torch.Tensor, positive: torch.Tensor, self_mask: torch.Tensor,
+def _masked_infonce(scores: torch.Tensor, positive: torch.Tensor, drop: torch.Tensor, keep: torch.Tensor,
                     temperature: float, margin: float) -> torch.Tensor:
-    """scores [B, N] candidates; positive [B]; self_mask [B, N] True where j is i's own positive/itself."""
-    keep = (scores <= positive.unsqueeze(1) + margin) & ~self_mask
-    logits = torch.cat([positive.unsqueeze(1), scores.masked_fill(~keep, float("-inf"))], dim=1) / temperature
+    """scores [B, N] candidates; positive [B]; `drop` / `keep` [B, N] override the margin rule."""
+    kept = ((scores <= positive.unsqueeze(1) + margin) | keep) & ~drop
+    logits = torch.cat([positive.unsqueeze(1), scores.masked_fill(~kept, float("-inf"))], dim=1) / temperature
     return -F.log_softmax(logits, dim=1)[:, 0]
 
 
 def contrastive_loss(anchor: torch.Tensor, answer: torch.Tensor, temperature: float, margin: float,
                      anchor_all: torch.Tensor | None = None, answer_all: torch.Tensor | None = None,
-                     offset: int = 0) -> torch.Tensor:
+                     offset: int = 0, *, users: torch.Tensor | None = None, users_all: torch.Tensor | None = None,
+                     answers: torch.Tensor | None = None, answers_all: torch.Tensor | None = None,
+                     same_user_negatives: bool = True) -> torch.Tensor:
     """Mean InfoNCE over anchor->answer, anchor->anchor and answer->anchor directions.
 
     `anchor`/`answer` are this rank's L2-normalised [B, D] rows; `*_all` the rows of every rank
-    [N, D] (default: the local ones), in which this rank's rows start at `offset`.
+    [N, D] (default: the local ones), in which this rank's rows start at `offset`. `users` /
+    `answers` are integer ids of each row's user and answer text ([B], and [N] for `*_all`).
     """
     anchor_all = anchor if anchor_all is None else anchor_all
     answer_all = answer if answer_all is None else answer_all
-    b = anchor.shape[0]
-    own = torch.zeros(b, anchor_all.shape[0], dtype=torch.bool, device=anchor.device)
+    b, n = anchor.shape[0], anchor_all.shape[0]
+    own = torch.zeros(b, n, dtype=torch.bool, device=anchor.device)
     own[torch.arange(b), offset + torch.arange(b)] = True
+    drop, keep = own, torch.zeros_like(own)
+    if answers is not None:
+        answers_all = answers if answers_all is None else answers_all
+        same_answer = answers.unsqueeze(1) == answers_all.unsqueeze(0)
+        drop = drop | same_answer
+        if users is not None and same_user_negatives:
+            users_all = users if users_all is None else users_all
+            keep = (users.unsqueeze(1) == users_all.unsqueeze(0)) & ~same_answer
     positive = (anchor * answer).sum(-1)
     a2p = anchor @ answer_all.T
     a2a = anchor @ anchor_all.T
     p2a = answer @ anchor_all.T
-    anchor_side = _masked_infonce(torch.cat([a2p, a2a], dim=1), positive, torch.cat([own, own], dim=1),
-                                  temperature, margin)
-    answer_side = _masked_infonce(p2a, positive, own, temperature, margin)
+    anchor_side = _masked_infonce(torch.cat([a2p, a2a], dim=1), positive, torch.cat([drop, drop], dim=1),
+                                  torch.cat([keep, keep], dim=1), temperature, margin)
+    answer_side = _masked_infonce(p2a, positive, drop, keep, temperature, margin)
     return (anchor_side.mean() + answer_side.mean()) / 2
 
 

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from qanchor.embedding_engine import EmbeddingEngine, QueryTooLongError, Suffix
-from qanchor.features import FeatureValueError, UserFeatures
+from qanchor.features import FeatureValueError, UserFeatures, feature_keys
 from qanchor.model import QAnchor
-from qanchor.modality_spec import EventModality
 from qanchor.prefix_cache import PrefixCache
 from qanchor.scenario import LoadedScenario
 from serving.feature_log import FeatureLog
@@ -156,13 +155,8 @@ class EmbeddingRuntime:
         return users
 
     def _inline_user(self, user_id: str, row: dict) -> UserFeatures:
-        """Features given in the request: every key of the spec must be there (empty lists allowed)."""
-        expected = []
-        for m in self.model.spec.modalities:
-            if isinstance(m, EventModality):
-                expected += [f"{m.name}_events__{f}" for f in ("texts", "event_times", *m.numeric_names)]
-            else:
-                expected += [f"profile__{f.name}" for f in m.fields]
+        """Features given in the request: every key the model reads must be there (empty lists allowed)."""
+        expected = feature_keys(self.model.spec, history=self.model.settings.history_tokens)
         missing = [k for k in expected if k not in row]
         if missing:
             raise ApiError(422, "missing_features", f"user {user_id!r}: features {missing[:6]} are missing "

@@ -144,7 +144,8 @@ def test_a_backbone_feature_service_names_its_modalities_and_logs_served_rows(st
     name = store.register_backbone("7", ["bill", "app", "tabular"])
     assert name == "qanchor_backbone_v7"
     service = store._store.get_feature_service(name)
-    assert sorted(p.name for p in service.feature_view_projections) == ["app_events", "bill_events", "profile"]
+    assert sorted(p.name for p in service.feature_view_projections) == [
+        "app_events", "app_history", "bill_events", "bill_history", "profile"]
 
     users = sorted(store.known_users())[:3]
     rows = [{"user_id": u, **r} for u, r in zip(users, store.online_rows(users, timestamps=True))]

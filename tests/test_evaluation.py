@@ -11,12 +11,14 @@ from click.testing import CliRunner
 from scipy.stats import ks_2samp, norm
 from sklearn.metrics import roc_auc_score
 
+from conftest import AS_OF
 from qanchor.cli import cli
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.scenario import ks_statistic
-from training.evaluation.baselines import AggregateFeaturizer, serialise
+from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, serialise
+from training.evaluation.geometry import embedding_geometry
 from training.evaluation.harness import EvaluationSettings, evaluate
-from training.evaluation.metrics import bootstrap_mean, roc_auc
+from training.evaluation.metrics import bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import load_population, split_parts
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
 from training.evaluation.report import write_report
@@ -53,6 +55,44 @@ def test_ks_interval_brackets_the_estimate_despite_the_upward_bias_of_resampled_
     scores = rng.normal(size=150) + 0.3 * y
     est = bootstrap_mean([y], [scores], ks_statistic, resamples=400, seed=0)
     assert est.low < est.value < est.high
+
+
+def test_paired_difference_separates_methods_whose_own_intervals_overlap():
+    """Two scorers sharing most of their noise: each interval is wide, their paired difference is not."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    shared = rng.normal(size=400)
+    better, worse = y + shared, 0.8 * y + shared
+    a, b = (bootstrap_mean([y], [s], roc_auc, resamples=300) for s in (better, worse))
+    assert a.low < b.high, "the fixture needs overlapping separate intervals"
+    diff = bootstrap_difference([y], [better], [worse], roc_auc, resamples=300)
+    assert diff.value == pytest.approx(a.value - b.value)
+    assert diff.low > 0
+    same = bootstrap_difference([y], [better], [better], roc_auc, resamples=50)
+    assert same.value == same.low == same.high == 0.0
+
+
+def test_geometry_tells_a_constant_per_query_from_a_query_aware_embedding():
+    rng = np.random.default_rng(5)
+    users = rng.normal(size=(200, 1, 32))
+    queries = 5 * rng.normal(size=(1, 4, 32))
+    blind = embedding_geometry(queries + 0.1 * users)      # the query shifts everyone alike
+    aware = embedding_geometry(queries + rng.normal(size=(200, 4, 32)))
+    assert blind.mean_user_cosine > 0.9 and blind.user_variance_share < 0.05
+    assert blind.query_sensitivity < 0.05  # what remains is each query projecting the same user part
+    assert aware.query_sensitivity > 0.9 and aware.mean_user_cosine < blind.mean_user_cosine
+
+
+def test_history_baseline_reads_kinds_that_fell_off_the_event_sequence(sqlite_store, dataset, spec):
+    users = sqlite_store.online(sorted(sqlite_store.known_users())[:60])
+    ref = int(pd.Timestamp(AS_OF).timestamp())
+    table = HistoryFeaturizer(spec).fit(users).transform(users, [ref] * len(users))
+    recent = AggregateFeaturizer(spec).fit(users).transform(users, [ref] * len(users))
+    assert set(recent.columns) < set(table.columns)
+    user = max(users, key=lambda u: u.history["bill"].events)
+    row = table.iloc[users.index(user)]
+    assert row["bill_hist_events"] == user.history["bill"].events > len(user.modalities["bill"])
+    assert row["bill_hist_count_90d"] == user.history["bill"].events or len(user.history["bill"]) == spec.modality("bill").history_kinds
 
 
 def test_mean_over_tasks_resamples_users_jointly():

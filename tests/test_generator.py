@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from qanchor.synthetic.generator import GeneratorConfig, generate, generate_chunk, read_table
-from qanchor.synthetic.tasks import TASK_NAMES, TASKS, label_from_future
+from qanchor.synthetic.tasks import TASK_NAMES, TASKS, TRAIT_TASKS, label_from_future
 from qanchor.synthetic.uqa import TOPICS, check_answer, check_dataset, user_facts
 
 TABLES = ("events", "profiles", "future_events", "labels", "d_future", "d_uqa", "splits")
@@ -53,8 +53,21 @@ def test_labels_are_read_back_from_the_future_window(dataset):
     recomputed = label_from_future(labels["user_id"].to_numpy(), future)
     pd.testing.assert_frame_equal(recomputed, labels.drop(columns="label_time"))
     observed = read_table(dataset, "events")
-    markers = {t.marker_text for t in TASKS}
+    markers = {t.marker_text for t in TRAIT_TASKS}
     assert not observed["text"].isin(markers).any(), "task markers must only appear in the future window"
+
+
+def test_habit_tasks_need_the_old_end_of_the_window(dataset):
+    """A quarterly plan recurs in the next 30 days exactly when its one payment in the window was
+    made 60-90 days ago, so its evidence is the OLDEST events, the first a short sequence drops."""
+    observed, labels = read_table(dataset, "events"), read_table(dataset, "labels").set_index("user_id")
+    as_of = labels["label_time"].iloc[0]
+    plans = observed[observed["text"].str.endswith(", quarterly plans")]
+    age = (as_of - plans.groupby("user_id")["event_time"].max()).dt.days
+    renew = labels.loc[age.index, "mkt_plan_renewal"]
+    assert renew[age >= 62].mean() > 0.7 and renew[age <= 55].mean() < 0.1
+    refills = observed[observed["text"].str.endswith(", refills")].groupby("user_id").size()
+    assert (refills >= 2).any(), "refill habits recur inside the window"
 
 
 def test_positive_rates_match_documented_targets_on_20k_users():
@@ -70,12 +83,12 @@ def test_tasks_depend_on_different_traits():
     """No two tasks share a trait direction: pairwise cosine of trait weight vectors stays below 0.8."""
     from qanchor.synthetic.catalog import TRAITS
 
-    vectors = np.array([[t.weights.get(name, 0.0) for name in TRAITS] for t in TASKS])
+    vectors = np.array([[t.weights.get(name, 0.0) for name in TRAITS] for t in TRAIT_TASKS])
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     cosine = vectors @ vectors.T
     np.fill_diagonal(cosine, 0.0)
     assert cosine.max() < 0.8
-    assert len(TASK_NAMES) == 10
+    assert len(TASK_NAMES) == 12
 
 
 def test_every_uqa_answer_is_consistent_with_the_users_data(dataset):

@@ -35,11 +35,35 @@ def test_a_planted_false_negative_above_the_margin_is_masked_out():
     others = torch.tensor([[0.1, -0.2, 0.3]])
     planted = torch.cat([others, torch.tensor([[0.9]])], dim=1)  # 0.9 > 0.5 + 0.1
     no_self = torch.zeros_like(planted, dtype=torch.bool)
-    with_planted = _masked_infonce(planted, positive, no_self, temperature=0.1, margin=0.1)
-    without = _masked_infonce(others, positive, no_self[:, :3], temperature=0.1, margin=0.1)
+    with_planted = _masked_infonce(planted, positive, no_self, no_self, temperature=0.1, margin=0.1)
+    without = _masked_infonce(others, positive, no_self[:, :3], no_self[:, :3], temperature=0.1, margin=0.1)
     assert torch.allclose(with_planted, without)
-    unmasked = _masked_infonce(planted, positive, no_self, temperature=0.1, margin=1.0)
+    unmasked = _masked_infonce(planted, positive, no_self, no_self, temperature=0.1, margin=1.0)
     assert unmasked > with_planted + 1.0, "inside the margin the same candidate is a hard negative"
+
+
+def test_the_same_users_other_query_stays_a_negative_above_the_margin():
+    """One user under two queries: its anchors are near-identical, so the margin rule alone would
+    drop each as a "false negative" of the other and nothing would reward query dependence."""
+    base = _unit(4, 32, seed=7)
+    anchors = torch.stack([base[0], F.normalize(base[0] + 0.05 * base[1], dim=0), base[2], base[3]])
+    answers = _unit(4, 32, seed=8)
+    users = torch.tensor([10, 10, 11, 12])
+    answer_ids = torch.tensor([1, 2, 3, 4])
+    grouped = contrastive_loss(anchors, answers, 0.05, 0.1, users=users, answers=answer_ids)
+    ungrouped = contrastive_loss(anchors, answers, 0.05, 0.1, users=users, answers=answer_ids, same_user_negatives=False)
+    assert grouped > ungrouped + 1.0
+
+
+def test_an_identical_answer_text_is_never_a_negative():
+    anchors, answers = _unit(6, 32, seed=5), _unit(6, 32, seed=6)
+    answers = answers.clone()
+    answers[3] = answers[0]  # two users answering "no": the same text, the same vector
+    ids = torch.tensor([7, 1, 2, 7, 4, 5])
+    with_ids = contrastive_loss(anchors, answers, 0.05, 10.0, answers=ids)
+    keep_all = contrastive_loss(anchors, answers, 0.05, 10.0)
+    assert with_ids < keep_all
+    assert torch.isfinite(with_ids)
 
 
 def test_planted_duplicate_answer_does_not_dominate_the_batch_loss():

@@ -183,3 +183,26 @@ def test_torchrun_ddp_on_two_cpu_processes_registers_once(tmp_path, dataset, sql
     assert _registered_versions(cfg.tracking.uri) == 1
     (run,) = client.search_runs([client.get_experiment_by_name("qanchor-pretrain").experiment_id])
     assert run.data.params["world_size"] == "2"
+
+
+def test_grouped_order_keeps_runs_of_one_user_and_covers_every_example_each_epoch():
+    import numpy as np
+
+    from training.data import example_order
+
+    users = [f"u{i % 7}" for i in range(35)]  # 7 users x 5 examples
+    order = example_order(users, rows=70, queries_per_user=4, rng=np.random.default_rng(0))
+    for epoch in (order[:35], order[35:]):
+        assert sorted(epoch) == list(range(35))
+    runs, current = [], [order[0]]
+    for i in order[1:35]:
+        if users[i] == users[current[-1]] and len(current) < 4:
+            current.append(i)
+        else:
+            runs.append(current)
+            current = [i]
+    runs.append(current)
+    assert max(len(r) for r in runs) == 4
+    assert len(runs) <= 7 * 2, "each user's five examples come as one run of four and one of one"
+    plain = example_order(users, rows=35, queries_per_user=1, rng=np.random.default_rng(0))
+    assert sorted(plain) == list(range(35))

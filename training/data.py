@@ -22,6 +22,35 @@ if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these ru
     from feature_repo.store import UserFeatureStore
 
 
+def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `rows` training rows, epoch after epoch, each epoch in a fresh random order.
+
+    With `queries_per_user` > 1 the order comes in runs of up to that many examples of ONE user
+    (different questions about the same features), so a batch holds a user under several queries:
+    the user's other answers and other anchors become its hardest negatives, and the contrastive
+    loss can only be solved by an embedding that depends on the query, not by recognising the user.
+    """
+    if queries_per_user < 1:
+        raise ValueError(f"queries_per_user must be >= 1, got {queries_per_user}")
+    if not user_ids:
+        raise ValueError("no training examples")
+    by_user: dict[str, list[int]] = {}
+    for i, user in enumerate(user_ids):
+        by_user.setdefault(user, []).append(i)
+    groups = list(by_user.values())
+    epochs = []
+    while sum(len(e) for e in epochs) < rows:
+        if queries_per_user == 1:
+            epochs.append(rng.permutation(len(user_ids)))
+            continue
+        runs = []
+        for members in groups:
+            shuffled = rng.permutation(members)
+            runs += [shuffled[i:i + queries_per_user] for i in range(0, len(shuffled), queries_per_user)]
+        epochs.append(np.concatenate([runs[i] for i in rng.permutation(len(runs))]))
+    return np.concatenate(epochs)[:rows]
+
+
 @dataclass(frozen=True)
 class Example:
     features: UserFeatures
@@ -42,13 +71,20 @@ def _table(dataset: Path, name: str) -> pd.DataFrame:
 
 
 def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ratio: float,
-                   max_examples: int | None, seed: int) -> list[Example]:
-    """Examples of `split` users; `future_ratio` of them from D_future, the rest from D_uqa."""
+                   max_examples: int | None, seed: int, max_users: int | None = None) -> list[Example]:
+    """Examples of `split` users; `future_ratio` of them from D_future, the rest from D_uqa.
+
+    `max_users` draws that many of the split's users first (seeded), so a smaller pretraining
+    set keeps every question of fewer users rather than one question of every user.
+    """
     if not 0.0 <= future_ratio <= 1.0:
         raise ValueError(f"future_ratio must be in [0, 1], got {future_ratio}")
-    users = set(_table(dataset, "splits").query("split == @split")["user_id"])
-    if not users:
+    split_users = sorted(_table(dataset, "splits").query("split == @split")["user_id"])
+    if not split_users:
         raise DatasetError(f"split {split!r} has no users in {dataset}")
+    if max_users is not None and max_users < len(split_users):
+        split_users = list(np.random.default_rng(seed).choice(split_users, size=max_users, replace=False))
+    users = set(split_users)
     future = _table(dataset, "d_future").rename(columns={"query": "question"})
     uqa = _table(dataset, "d_uqa")
     future, uqa = future[future.user_id.isin(users)], uqa[uqa.user_id.isin(users)]

@@ -46,3 +46,12 @@ def gather_with_grad(x: torch.Tensor, d: Dist) -> tuple[torch.Tensor, int]:
     # torch 2.13 renamed the op; the GPU image has 2.11.
     gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
     return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD), d.rank * x.shape[0]
+
+
+def gather_ids(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """All ranks' rows of an integer tensor (no gradient), in rank order like `gather_with_grad`."""
+    if d.world == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(d.world)]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)

@@ -7,6 +7,7 @@ rank 0 alone logs, checkpoints and registers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -26,8 +27,8 @@ from tqdm.auto import tqdm
 from qanchor.losses import contrastive_loss, retrieval_accuracy
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
-from training.data import Example, build_examples
-from training.distributed import Dist, gather_with_grad, init_distributed
+from training.data import Example, build_examples, example_order
+from training.distributed import Dist, gather_ids, gather_with_grad, init_distributed
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -41,11 +42,16 @@ class DataSettings(_Config):
     feature_repo: Path
     future_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
     max_train_examples: int | None = Field(default=None, gt=0)
+    #: Pretrain on this many of the train split's users (seeded draw); default all of them.
+    max_train_users: int | None = Field(default=None, gt=0)
     val_examples: int = Field(default=256, gt=0)
     #: Held-out retrieval is scored within batches of this many candidates (chance = 1 / size).
     eval_batch_size: int = Field(default=32, ge=2)
     #: Modalities the model reads; default all of the feature repository's spec.
     modalities: list[str] | None = None
+    #: Examples of one user placed together in a batch (different questions, same features), so
+    #: the same user's other answers are negatives; 1 = examples in plain random order.
+    queries_per_user: int = Field(default=1, ge=1, le=16)
 
 
 class OptimSettings(_Config):
@@ -126,6 +132,18 @@ def _optimizer(model: QAnchor, cfg: OptimSettings, fused: bool) -> torch.optim.O
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def _key(text: str) -> int:
+    """A stable 63-bit id of a string (Python's hash() differs between processes, so ranks would disagree)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def row_keys(batch: list[Example], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: an id of its user and of its answer text, for the contrastive loss's masks."""
+    users = torch.tensor([_key(e.features.user_id) for e in batch], device=device)
+    answers = torch.tensor([_key(e.answer) for e in batch], device=device)
+    return users, answers
+
+
 def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], cfg: PretrainConfig,
                 d: Dist) -> dict[str, torch.Tensor]:
     """Both towers and both losses for one per-rank batch; `network` is the model or its DDP wrapper."""
@@ -136,8 +154,12 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
                                           net.suffix_ids([e.query for e in batch]), net.answer_ids([e.answer for e in batch]))
     anchor_all, offset = gather_with_grad(anchor, d)
     answer_all, _ = gather_with_grad(answer, d)
+    users_local, answers_local = row_keys(batch, d.device)
     loss_cfg = cfg.model.loss
-    contrastive = contrastive_loss(anchor, answer, loss_cfg.temperature, loss_cfg.margin, anchor_all, answer_all, offset)
+    contrastive = contrastive_loss(anchor, answer, loss_cfg.temperature, loss_cfg.margin, anchor_all, answer_all, offset,
+                                   users=users_local, users_all=gather_ids(users_local, d),
+                                   answers=answers_local, answers_all=gather_ids(answers_local, d),
+                                   same_user_negatives=loss_cfg.same_user_negatives)
     total = loss_cfg.contrastive_weight * contrastive + loss_cfg.ntp_weight * ntp
     return {"loss": total, "contrastive": contrastive, "ntp": ntp, "tokens": tokens.float(),
             "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
@@ -235,8 +257,8 @@ def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainC
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
 
-    rng = np.random.default_rng(cfg.seed)
-    order = np.concatenate([rng.permutation(len(train)) for _ in range(math.ceil(cfg.optim.steps * cfg.optim.batch_size / len(train)) + 1)])
+    order = example_order([e.features.user_id for e in train], cfg.optim.steps * cfg.optim.batch_size,
+                          cfg.data.queries_per_user, np.random.default_rng(cfg.seed))
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
     tick, tokens_since = time.perf_counter(), 0.0
@@ -289,7 +311,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
         experiment_id = tracking.open_experiment(uri, cfg.tracking.experiment)
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)  # raises BackboneError for an unknown preset
 
-    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed)
+    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed,
+                           cfg.data.max_train_users)
     val = build_examples(store, cfg.data.dataset, "val", cfg.data.future_ratio, cfg.data.val_examples, cfg.seed + 1)
     checkpoint = latest_checkpoint(cfg.output_dir) if resume else None
     run = None

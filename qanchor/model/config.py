@@ -49,6 +49,9 @@ class LossSettings(_Config):
     margin: float = Field(default=0.1, ge=0.0)
     contrastive_weight: float = Field(default=1.0, ge=0.0)
     ntp_weight: float = Field(default=1.0, ge=0.0)
+    #: Keep a user's rows under other queries as negatives even when they score above the
+    #: margin (see `qanchor.losses`); only matters when batches group users (`queries_per_user`).
+    same_user_negatives: bool = True
 
 
 class ModelSettings(_Config):

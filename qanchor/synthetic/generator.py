@@ -5,7 +5,7 @@ Output layout (each table is a directory of `part-NNNNN.parquet` files, one per 
     events/         observed 90 days, the bring-your-own-data event schema (+ generator-only `category`)
     profiles/       the tabular modality, one row per user
     future_events/  the 30 days after `as_of` (labels are read from here)
-    labels/         the 10 downstream tasks, one row per user
+    labels/         the 12 downstream tasks, one row per user
     d_future/       (user, query_time, query, answer) next-window summaries
     d_uqa/          (user, query_time, topic, question, answer) grounded Q&A
     splits/         user -> train | val | test
@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from qanchor.synthetic.events import generate_window
+from qanchor.synthetic.habits import habit_events
 from qanchor.synthetic.future_summary import summarise_future
 from qanchor.synthetic.population import sample_ages, sample_profiles, sample_traits
 from qanchor.synthetic.tasks import TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
@@ -94,14 +95,20 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
     ages = sample_ages(rng, n_users)
     traits = sample_traits(rng, ages)
     profiles = sample_profiles(rng, user_ids, ages, traits)
-    events = generate_window(rng, user_ids, traits, as_of - pd.Timedelta(days=config.window_days), config.window_days)
+    window_start = as_of - pd.Timedelta(days=config.window_days)
+    events = generate_window(rng, user_ids, traits, window_start, config.window_days)
+    habits_observed, habits_future = habit_events(np.random.default_rng([config.seed, chunk_index, 1]), user_ids,
+                                                  window_start, as_of, config.future_days)
+    events = pd.concat([events, habits_observed], ignore_index=True)
+    events = events.sort_values(["user_id", "event_time"], kind="stable", ignore_index=True)
 
     # The future drifts a little from the past; fading users (trend < 0) keep fading.
     future_traits = traits + 0.25 * rng.standard_normal(traits.shape)
     volume = np.exp(0.4 * traits[:, -1])
     future = generate_window(rng, user_ids, future_traits, as_of, config.future_days, volume)
     positives = draw_positives(rng, future_traits)
-    future = pd.concat([future, marker_events(rng, user_ids, positives, as_of, config.future_days)], ignore_index=True)
+    future = pd.concat([future, habits_future, marker_events(rng, user_ids, positives, as_of, config.future_days)],
+                       ignore_index=True)
     future = future.sort_values(["user_id", "event_time"], kind="stable", ignore_index=True)
 
     labels = label_from_future(user_ids, future)
@@ -158,7 +165,8 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
             "positive_rates": {name: float(p) / config.users for name, p in zip(TASK_NAMES, positives)},
             "tasks": [
                 {"name": t.name, "group": t.group, "definition": t.definition, "target_rate": t.target_rate,
-                 "marker_modality": t.marker_modality, "marker_text": t.marker_text, "evidence": t.evidence}
+                 "marker_modality": t.marker_modality, "marker_text": t.marker_text,
+                 "marker_match": t.marker_match, "evidence": t.evidence}
                 for t in TASKS
             ],
         }

@@ -1,11 +1,13 @@
-"""The 10 binary downstream tasks, labelled from the future window.
+"""The 12 binary downstream tasks, labelled from the future window.
 
 Each task is a behaviour that happens (or not) in the 30 days after the observation window.
-Its probability follows a logistic model of latent traits (some with interactions) plus
-idiosyncratic noise, so the observed 90 days are evidence, never an answer key. A positive
-user gets the behaviour's marker event in the future window; the label is then read back from
-the future events by the task's rule (`label_from_future`), exactly as a platform would label
-from logs. Intercepts are calibrated so the population positive rate matches `target_rate`.
+For the ten trait tasks its probability follows a logistic model of latent traits (some with
+interactions) plus idiosyncratic noise, so the observed 90 days are evidence, never an answer
+key. A positive user gets the behaviour's marker event in the future window; the label is then
+read back from the future events by the task's rule (`label_from_future`), exactly as a platform
+would label from logs. Intercepts are calibrated so the population positive rate matches
+`target_rate`. The two habit tasks (`habits.py`) follow purchase schedules instead: their
+evidence is WHEN the last scheduled payment happened, often at the old end of the window.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ class TaskSpec:
     evidence: str               # where the observed window carries signal
     interactions: dict[tuple[str, str], float] = field(default_factory=dict)
     noise: float = 1.0          # std of the idiosyncratic logit noise: irreducible error
+    #: "prefix": the marker event's text starts with `marker_text`; "suffix": ends with it.
+    marker_match: str = "prefix"
+
+    @property
+    def from_traits(self) -> bool:
+        """Drawn from latent traits (with a marker event), not from a purchase schedule."""
+        return bool(self.weights)
 
 
 TASKS: tuple[TaskSpec, ...] = (
@@ -112,7 +121,26 @@ TASKS: tuple[TaskSpec, ...] = (
         "health searches and mini-programs, insurance pages, age",
     ),
 )
+TASKS = TASKS + (
+    TaskSpec(
+        "mkt_refill_repeat", "Marketing",
+        "Buys a refill of a product they reorder regularly (pet food, contact lenses, water filters, diapers) "
+        "during the next 30 days.",
+        0.19, {}, "bill", ", refills",
+        "time since the last refill purchase and the gap between refills, anywhere in the 90 days",
+        marker_match="suffix",
+    ),
+    TaskSpec(
+        "mkt_plan_renewal", "Marketing",
+        "Pays the next instalment of a quarterly plan (property fee, car service plan, family health premium) "
+        "during the next 30 days.",
+        0.09, {}, "bill", ", quarterly plans",
+        "a single quarterly-plan payment 60-90 days ago: the oldest end of the window",
+        marker_match="suffix",
+    ),
+)
 TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
+TRAIT_TASKS: tuple[TaskSpec, ...] = tuple(t for t in TASKS if t.from_traits)
 
 
 def _logit(task: TaskSpec, traits: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -129,7 +157,7 @@ def intercepts() -> dict[str, float]:
     rng = np.random.default_rng(_CALIBRATION_SEED)
     traits = sample_traits(rng, sample_ages(rng, _CALIBRATION_USERS))
     result = {}
-    for task in TASKS:
+    for task in TRAIT_TASKS:
         base = _logit(task, traits, rng.standard_normal(_CALIBRATION_USERS))
         lo, hi = -20.0, 20.0
         for _ in range(60):
@@ -144,7 +172,7 @@ def draw_positives(rng: np.random.Generator, traits: np.ndarray) -> dict[str, np
     """Boolean outcome per task and user: who will show the task's behaviour in the future window."""
     b = intercepts()
     out = {}
-    for task in TASKS:
+    for task in TRAIT_TASKS:
         p = 1 / (1 + np.exp(-(_logit(task, traits, rng.standard_normal(len(traits))) + b[task.name])))
         out[task.name] = rng.random(len(traits)) < p
     return out
@@ -154,7 +182,7 @@ def marker_events(rng: np.random.Generator, user_ids: np.ndarray, positives: dic
                   start: pd.Timestamp, days: int) -> pd.DataFrame:
     """One marker event per (positive user, task), at a uniform time inside the future window."""
     frames = []
-    for task in TASKS:
+    for task in TRAIT_TASKS:
         who = user_ids[positives[task.name]]
         seconds = rng.integers(0, days * 86_400, len(who))
         amount = np.round(np.exp(rng.normal(5.0, 0.8, len(who))), 2) if task.marker_modality == "bill" else np.nan
@@ -179,10 +207,8 @@ def label_from_future(user_ids: np.ndarray, future_events: pd.DataFrame) -> pd.D
     """The label table: a task is positive iff the user's future window holds its marker event."""
     labels = pd.DataFrame({"user_id": user_ids})
     for task in TASKS:
-        hit = future_events.loc[
-            (future_events["modality"] == task.marker_modality)
-            & future_events["text"].str.startswith(task.marker_text),
-            "user_id",
-        ].unique()
+        texts = future_events["text"].str
+        matches = texts.startswith(task.marker_text) if task.marker_match == "prefix" else texts.endswith(task.marker_text)
+        hit = future_events.loc[(future_events["modality"] == task.marker_modality) & matches, "user_id"].unique()
         labels[task.name] = labels["user_id"].isin(hit).astype(np.int8)
     return labels

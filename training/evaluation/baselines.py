@@ -1,9 +1,14 @@
 """The baselines every Q-Anchor figure is compared with, built from the same Feast features.
 
-- Handcrafted per-modality aggregates for gradient-boosted trees (the industrial standard):
+- Handcrafted per-modality aggregates for gradient-boosted trees (the weaker, classic row):
   counts overall and in the last 7/30 days, recency, mean gap, sums/means/maxima of numeric
   fields, the shares of each modality's most frequent event kinds and its most frequent kind
-  as a categorical id, plus the profile fields.
+  as a categorical id, plus the profile fields; all from the recent event sequence.
+- The same plus the window-long history (the industrial baseline the method must beat): per
+  modality, a bag of event kinds over a vocabulary learnt on the probe's train users, each
+  kind's counts over every history window, days since its last and first event and numeric
+  sums, plus window totals. It reads the history feature view the model's `[HIST_m]` tokens
+  read, so both see exactly the same events.
 - A general text embedding: all-MiniLM-L6-v2 over a serialisation of the profile and each
   modality's events (one section per modality, 256 tokens each, mean-pooled over sections,
   since MiniLM reads 256 tokens at most).
@@ -16,7 +21,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from qanchor.features import UserFeatures, text_key
+from qanchor.features import ModalityHistory, UserFeatures, text_key
 from qanchor.modality_spec import ModalitySpec
 from qanchor.model.text_encoder import TextEmbeddingCache
 
@@ -81,6 +86,52 @@ class AggregateFeaturizer:
                     categories = list(field.values or [])
                 frame[column] = pd.Categorical(frame[column], categories=categories)
         return frame
+
+
+class HistoryFeaturizer:
+    """`AggregateFeaturizer`'s table plus window-long bag-of-kinds columns per modality."""
+
+    def __init__(self, spec: ModalitySpec, top_kinds: int = 48):
+        self.spec = spec
+        self.top_kinds = top_kinds
+        self.recent = AggregateFeaturizer(spec)
+        self.vocabulary: dict[str, list[str]] = {}
+
+    def fit(self, users: list[UserFeatures]) -> HistoryFeaturizer:
+        """Kinds seen by the most train users per modality (document frequency, not volume)."""
+        self.recent.fit(users)
+        for m in self.spec.history_modalities:
+            seen = Counter(k for u in users for k in set(u.history.get(m.name, ModalityHistory()).kinds))
+            self.vocabulary[m.name] = [k for k, _ in seen.most_common(self.top_kinds)]
+        return self
+
+    def transform(self, users: list[UserFeatures], reference_times: list[int]) -> pd.DataFrame:
+        recent = self.recent.transform(users, reference_times)
+        history = pd.DataFrame([self._row(u, now) for u, now in zip(users, reference_times)], index=recent.index)
+        return pd.concat([recent, history], axis=1)
+
+    def _row(self, user: UserFeatures, now: int) -> dict[str, float]:
+        row: dict[str, float] = {}
+        for m in self.spec.history_modalities:
+            past = user.history.get(m.name, ModalityHistory())
+            where = {k: i for i, k in enumerate(past.kinds)}
+            windows = self.spec.history_windows(m)
+            p = f"{m.name}_hist"
+            row[f"{p}_events"] = float(past.events)
+            row[f"{p}_kinds"] = float(len(past))
+            for d in windows:
+                row[f"{p}_count_{d}d"] = float(sum(past.counts.get(d, ())))
+            for name, sums in past.sums.items():
+                row[f"{p}_{name}_sum"] = float(sum(sums))
+            for j, kind in enumerate(self.vocabulary[m.name]):
+                i = where.get(kind)
+                for d in windows:
+                    row[f"{p}_{j}_count_{d}d"] = float(past.counts[d][i]) if i is not None else 0.0
+                row[f"{p}_{j}_last_days"] = (now - past.last_seen[i]) / DAY if i is not None else np.nan
+                row[f"{p}_{j}_first_days"] = (now - past.first_seen[i]) / DAY if i is not None else np.nan
+                for name, sums in past.sums.items():
+                    row[f"{p}_{j}_{name}_sum"] = sums[i] if i is not None else 0.0
+        return row
 
 
 def serialise(user: UserFeatures, spec: ModalitySpec) -> list[str]:

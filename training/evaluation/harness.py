@@ -1,7 +1,8 @@
 """The evaluation protocol: every method, every task, the same users, one table.
 
 Methods (rows of the report), all read out by the same probes on the same parts:
-  gbdt_aggregates        LightGBM on handcrafted per-modality aggregates (industrial standard)
+  gbdt_aggregates        LightGBM on handcrafted aggregates of the recent event sequence
+  gbdt_history           the same plus window-long bag-of-kinds history (industrial standard)
   minilm_text            logistic probe on all-MiniLM-L6-v2 embeddings of the serialised user
   static_query           logistic probe on Q-Anchor embeddings from one generic query for all tasks
   qanchor_query          logistic probe on Q-Anchor embeddings from the task's own query
@@ -9,7 +10,9 @@ Methods (rows of the report), all read out by the same probes on the same parts:
   qanchor_prompt         logistic probe on embeddings after tuning the scenario's soft prompt
   qanchor_prompt_proto   the tuned scenario's own prototype scorer (no probe), as served
 Prompt tuning fits on the probe's train part and early-stops on its val part; test is touched
-only for the final scores.
+only for the final scores. Means over tasks leave out tasks with fewer than
+`MIN_TEST_POSITIVES` test positives (listed as unreliable; their rows are still reported), and
+differences between methods come with paired bootstrap intervals on the same test users.
 """
 
 from __future__ import annotations
@@ -25,18 +28,24 @@ from tqdm.auto import tqdm
 
 from qanchor.embedding_engine import EmbeddingEngine
 from qanchor.features import UserFeatures
+from qanchor.modality_spec import ModalitySpec
 from qanchor.model import QAnchor
+from qanchor.model.text_encoder import TextEmbeddingCache
 from qanchor.synthetic.tasks import TASKS
-from training.evaluation.baselines import AggregateFeaturizer, text_embeddings
-from training.evaluation.metrics import METRICS, bootstrap_mean
+from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, text_embeddings
+from training.evaluation.geometry import embedding_geometry
+from training.evaluation.metrics import METRICS, bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import EvaluationPopulation
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
 from training.evaluation.queries import GENERIC_QUERY, PARAPHRASES, task_query
 from training.scenario_tuning import TuningSettings, tune
 
-METHODS = ("gbdt_aggregates", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
+METHODS = ("gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
            "qanchor_prompt", "qanchor_prompt_proto")
+BASELINES = ("gbdt_aggregates", "gbdt_history", "minilm_text")
 TASK_NAMES = tuple(t.name for t in TASKS)
+#: A task with fewer test positives than this is reported but left out of means over tasks.
+MIN_TEST_POSITIVES = 20
 
 
 class EvaluationSettings(BaseModel):
@@ -69,6 +78,12 @@ class EvaluationResult:
     #: Test-user embeddings per task before ("query") and after ("prompt") tuning, for plots.
     embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: `embedding_geometry` of the test users' task-query embeddings (and the generic query's).
+    geometry: dict[str, float | int] = field(default_factory=dict)
+    #: Paired differences of mean AUC / KS between methods on the same test users.
+    comparisons: list[dict] = field(default_factory=list)
+    #: Tasks left out of the means: fewer than MIN_TEST_POSITIVES test positives.
+    unreliable: list[str] = field(default_factory=list)
 
 
 def query_embeddings(model: QAnchor, users: list[UserFeatures], times: list[int], queries: list[str],
@@ -78,15 +93,15 @@ def query_embeddings(model: QAnchor, users: list[UserFeatures], times: list[int]
     return engine.embed(users, times, [engine.query_suffix(q, q, prompt) for q in queries])
 
 
-def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], resamples: int,
-                 seed: int) -> tuple[list[dict], list[dict]]:
+def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], tasks: list[str],
+                 resamples: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Per (method, task) rows over every task; per-method means over `tasks` only."""
     rows, summary = [], []
     for method in METHODS:
         by_task = scores.get(method)
         if not by_task:
             continue
-        tasks = list(by_task)
-        for task in tasks:
+        for task in by_task:
             row = {"method": method, "task": task}
             for name, metric in METRICS.items():
                 est = bootstrap_mean([labels[task]], [by_task[task]], metric, resamples, seed)
@@ -100,30 +115,89 @@ def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
     return rows, summary
 
 
-def evaluate(model: QAnchor, population: EvaluationPopulation, settings: EvaluationSettings,
-             progress: bool = True) -> EvaluationResult:
-    """Score every method on every selected task (test part of `population`)."""
-    parts = Parts(population.index("train"), population.index("val"), population.index("test"))
+def _comparisons(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], tasks: list[str],
+                 summary: list[dict], resamples: int, seed: int) -> list[dict]:
+    """Paired differences that carry the method's claims: query vs generic, Q-Anchor vs the best
+    baseline (best by mean test AUC, which favours the baseline), prototypes vs probe."""
+    mean_auc = {s["method"]: s["mean_auc"] for s in summary}
+    baselines = [m for m in BASELINES if m in mean_auc]
+    best = max(baselines, key=mean_auc.__getitem__) if baselines else None
+    pairs = [("qanchor_query", "static_query"), ("qanchor_prompt_proto", "qanchor_prompt")]
+    if best is not None:
+        pairs += [("qanchor_query", best), ("qanchor_prompt", best)]
+    out = []
+    for a, b in pairs:
+        if a not in scores or b not in scores:
+            continue
+        entry = {"method": a, "versus": b, "tasks": len(tasks)}
+        for name, metric in METRICS.items():
+            est = bootstrap_difference([labels[t] for t in tasks], [scores[a][t] for t in tasks],
+                                       [scores[b][t] for t in tasks], metric, resamples, seed)
+            entry.update({f"{name}_diff": est.value, f"{name}_diff_low": est.low, f"{name}_diff_high": est.high})
+        entry["tasks_ahead"] = sum(roc_auc(labels[t], scores[a][t]) > roc_auc(labels[t], scores[b][t]) for t in tasks)
+        out.append(entry)
+    return out
+
+
+def population_parts(population: EvaluationPopulation) -> Parts:
+    return Parts(population.index("train"), population.index("val"), population.index("test"))
+
+
+def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: EvaluationPopulation,
+                    labels: dict[str, np.ndarray], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Test scores of the backbone-independent baselines, per method and task.
+
+    Computed once per population (they need LightGBM and the MiniLM weights, which a GPU node
+    may lack) and passed to `evaluate(baseline_scores=...)` wherever the backbones are scored.
+    """
+    parts = population_parts(population)
     users, times = population.users, population.reference_times
-    labels = {t: population.labels[t].to_numpy().astype(int) for t in settings.tasks}
+    train_users = [users[i] for i in parts.train]
+    table = AggregateFeaturizer(spec).fit(train_users).transform(users, times)
+    history = HistoryFeaturizer(spec).fit(train_users).transform(users, times) if spec.history_modalities else None
+    text = text_embeddings(users, spec, cache)
+    out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for task, y in labels.items():
+        out["gbdt_aggregates"][task] = gbdt_probe(table, y, parts, seed).test_scores
+        if history is not None:
+            out["gbdt_history"][task] = gbdt_probe(history, y, parts, seed).test_scores
+        out["minilm_text"][task] = logistic_probe(text, y, parts, seed).test_scores
+    return dict(out)
+
+
+def task_labels(population: EvaluationPopulation, tasks: list[str]) -> dict[str, np.ndarray]:
+    """0/1 labels per task over the whole population; refuses a task with one class in a part."""
+    parts = population_parts(population)
+    labels = {t: population.labels[t].to_numpy().astype(int) for t in tasks}
     for task, y in labels.items():
         for name, rows in vars(parts).items():
             if y[rows].min() == y[rows].max():
                 raise ValueError(f"task {task!r} has a single class among the {len(rows)} {name} users; "
                                  "evaluate on more users")
+    return labels
+
+
+def evaluate(model: QAnchor, population: EvaluationPopulation, settings: EvaluationSettings,
+             progress: bool = True, baseline_scores: dict[str, dict[str, np.ndarray]] | None = None) -> EvaluationResult:
+    """Score every method on every selected task (test part of `population`).
+
+    `baseline_scores` (from `score_baselines` on the same population) replaces computing them here.
+    """
+    parts = population_parts(population)
+    users, times = population.users, population.reference_times
+    labels = task_labels(population, settings.tasks)
     scores: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     seconds: dict[str, float] = {}
-    stages = 1 + settings.baselines + settings.prompt_tuning * len(settings.tasks)
+    stages = 1 + (settings.baselines and baseline_scores is None) + settings.prompt_tuning * len(settings.tasks)
     bar = tqdm(total=stages, desc="evaluate", disable=not progress)
 
-    if settings.baselines:
+    if settings.baselines and baseline_scores is not None:
+        for method, by_task in baseline_scores.items():
+            scores[method].update({t: by_task[t] for t in settings.tasks})
+    elif settings.baselines:
         start = time.perf_counter()
-        featurizer = AggregateFeaturizer(model.spec).fit([users[i] for i in parts.train])
-        table = featurizer.transform(users, times)
-        text = text_embeddings(users, model.spec, model.cache)
-        for task, y in labels.items():
-            scores["gbdt_aggregates"][task] = gbdt_probe(table, y, parts, settings.seed).test_scores
-            scores["minilm_text"][task] = logistic_probe(text, y, parts, settings.seed).test_scores
+        for method, by_task in score_baselines(model.spec, model.cache, population, labels, settings.seed).items():
+            scores[method].update(by_task)
         seconds["baselines"] = time.perf_counter() - start
         bar.update()
 
@@ -139,6 +213,10 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
         if settings.paraphrases:
             scores["qanchor_paraphrase"][task] = logistic_probe(emb[:, 1 + n + i], y, parts, settings.seed).test_scores
     seconds["query_embeddings"] = time.perf_counter() - start
+    generic = embedding_geometry(emb[parts.test][:, :1])
+    geometry = {**embedding_geometry(emb[parts.test][:, 1:1 + n]).as_dict(),
+                "generic_user_variance_share": generic.user_variance_share,
+                "generic_mean_user_cosine": generic.mean_user_cosine}
     bar.update()
 
     embeddings: dict[str, dict[str, np.ndarray]] = {}
@@ -163,5 +241,8 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
         seconds["prompt_tuning"] = time.perf_counter() - start
     bar.close()
     test_labels = {t: y[parts.test] for t, y in labels.items()}
-    rows, summary = _score_table(scores, test_labels, settings.resamples, settings.seed)
-    return EvaluationResult(rows, summary, test_labels, embeddings, seconds)
+    unreliable = [t for t, y in test_labels.items() if y.sum() < MIN_TEST_POSITIVES]
+    reliable = [t for t in test_labels if t not in unreliable] or list(test_labels)
+    rows, summary = _score_table(scores, test_labels, reliable, settings.resamples, settings.seed)
+    comparisons = _comparisons(scores, test_labels, reliable, summary, settings.resamples, settings.seed)
+    return EvaluationResult(rows, summary, test_labels, embeddings, seconds, geometry, comparisons, unreliable)

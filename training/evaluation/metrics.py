@@ -42,19 +42,11 @@ class Estimate:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def bootstrap_mean(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], metric: Metric,
-                   resamples: int = 1000, seed: int = 0) -> Estimate:
-    """The metric averaged over tasks, with a bias-corrected 95% interval from resampling *users*.
-
-    Every task is scored on the same test users, so one resample of user indices serves all
-    tasks at once: the interval of the mean then reflects that the tasks share their users.
-    One task is the special case of a one-element list. Resamples where a task's labels hold
-    a single class are redrawn.
-    """
+def _resampled(labels: Sequence[np.ndarray], statistic: Callable[[np.ndarray], float], resamples: int,
+               seed: int) -> list[float]:
+    """`statistic(index)` over `resamples` draws of user indices with replacement; draws where a
+    task's labels hold a single class are redrawn."""
     n = len(labels[0])
-    if any(len(y) != n for y in labels) or any(len(s) != n for s in scores):
-        raise ValueError("every task must be scored on the same users")
-    point = float(np.mean([metric(y, s) for y, s in zip(labels, scores)]))
     rng = np.random.default_rng(seed)
     values: list[float] = []
     attempts = 0
@@ -63,14 +55,53 @@ def bootstrap_mean(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], m
         if attempts > resamples * 20:
             raise ValueError("too few positives or negatives to bootstrap; evaluate on more users")
         index = rng.integers(0, n, n)
-        picked = [np.asarray(y)[index] for y in labels]
-        if any(y.min() == y.max() for y in picked):
+        if any(np.asarray(y)[index].min() == np.asarray(y)[index].max() for y in labels):
             continue
-        values.append(float(np.mean([metric(y, np.asarray(s)[index]) for y, s in zip(picked, scores)])))
+        values.append(statistic(index))
+    return values
+
+
+def bootstrap_mean(labels: Sequence[np.ndarray], scores: Sequence[np.ndarray], metric: Metric,
+                   resamples: int = 1000, seed: int = 0) -> Estimate:
+    """The metric averaged over tasks, with a bias-corrected 95% interval from resampling *users*.
+
+    Every task is scored on the same test users, so one resample of user indices serves all
+    tasks at once: the interval of the mean then reflects that the tasks share their users.
+    One task is the special case of a one-element list.
+    """
+    n = len(labels[0])
+    if any(len(y) != n for y in labels) or any(len(s) != n for s in scores):
+        raise ValueError("every task must be scored on the same users")
+    point = float(np.mean([metric(y, s) for y, s in zip(labels, scores)]))
+    values = _resampled(labels, lambda index: float(np.mean(
+        [metric(np.asarray(y)[index], np.asarray(s)[index]) for y, s in zip(labels, scores)])), resamples, seed)
     # KS is a maximum over thresholds, so a resample (with repeated users) scores above the
     # sample it came from; on ~150 test users the whole percentile interval can sit above the
     # estimate. Shifting it by the bootstrap's own bias estimate (mean resample - estimate)
     # centres it on the estimate; for AUC the shift is ~0.
     bias = float(np.mean(values)) - point
     low, high = np.percentile(values, [2.5, 97.5]) - bias
+    return Estimate(point, float(low), float(high))
+
+
+def bootstrap_difference(labels: Sequence[np.ndarray], scores_a: Sequence[np.ndarray],
+                         scores_b: Sequence[np.ndarray], metric: Metric, resamples: int = 1000,
+                         seed: int = 0) -> Estimate:
+    """Paired bootstrap of mean-over-tasks metric(a) - metric(b) on the same test users.
+
+    Both methods are rescored on the SAME resample of users, so the interval reflects only how
+    their difference varies, not each method's own spread: two methods whose separate intervals
+    overlap can still differ clearly.
+    """
+    n = len(labels[0])
+    if any(len(y) != n for y in labels) or any(len(s) != n for s in (*scores_a, *scores_b)):
+        raise ValueError("every task must be scored on the same users by both methods")
+
+    def mean_difference(index: np.ndarray | None) -> float:
+        pick = (lambda x: np.asarray(x)) if index is None else (lambda x: np.asarray(x)[index])
+        return float(np.mean([metric(pick(y), pick(a)) - metric(pick(y), pick(b))
+                              for y, a, b in zip(labels, scores_a, scores_b)]))
+
+    point = mean_difference(None)
+    low, high = np.percentile(_resampled(labels, mean_difference, resamples, seed), [2.5, 97.5])
     return Estimate(point, float(low), float(high))

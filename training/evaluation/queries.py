@@ -24,6 +24,8 @@ PARAPHRASES: dict[str, str] = {
     "mkt_travel_booking": "Will this customer reserve a plane ticket or a hotel deal in the upcoming month?",
     "mkt_fund_purchase": "Could this user make a first purchase of an investment fund over the next month?",
     "mkt_insurance_purchase": "Is this person about to take out medical insurance within the next 30 days?",
+    "mkt_refill_repeat": "Is this customer due to restock something they buy on a regular cycle, like pet food or lenses, within a month?",
+    "mkt_plan_renewal": "Will this user's next quarterly service or premium payment come up in the coming 30 days?",
 }
 
 

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
-from training.evaluation.harness import METHODS, EvaluationResult  # noqa: E402
+from training.evaluation.harness import METHODS, MIN_TEST_POSITIVES, EvaluationResult  # noqa: E402
 
 
 def _ci(row: dict, key: str) -> str:
@@ -28,10 +28,28 @@ def _ci(row: dict, key: str) -> str:
 def markdown(result: EvaluationResult, meta: dict) -> str:
     lines = ["# Q-Anchor evaluation" + (f" ({meta['when']})" if "when" in meta else ""), ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k != "when"]
-    lines += ["", "## Mean over tasks (test users; 95% bootstrap intervals over users)", "",
+    reliable = len(result.test_labels) - len(result.unreliable)
+    scope = (f"{reliable} tasks with >= {MIN_TEST_POSITIVES} test positives" if reliable
+             else f"all tasks: none has {MIN_TEST_POSITIVES} test positives, so these means are noise-dominated")
+    lines += ["", f"## Mean over tasks ({scope}; test users; 95% bootstrap intervals over users)", "",
               "| method | tasks | mean AUC | mean KS |", "|---|---|---|---|"]
     for s in result.summary:
         lines.append(f"| {s['method']} | {s['tasks']} | {_ci(s, 'mean_auc')} | {_ci(s, 'mean_ks')} |")
+    if result.comparisons:
+        lines += ["", "## Paired differences (same test users, paired bootstrap 95%)", "",
+                  "| method | versus | AUC difference | KS difference | tasks ahead (AUC) |", "|---|---|---|---|---|"]
+        for c in result.comparisons:
+            lines.append(f"| {c['method']} | {c['versus']} | {_ci(c, 'auc_diff')} | {_ci(c, 'ks_diff')} | "
+                         f"{c['tasks_ahead']}/{c['tasks']} |")
+    if result.geometry:
+        g = result.geometry
+        lines += ["", "## Embedding geometry (test users)", "",
+                  "| figure | task queries | generic query |", "|---|---|---|",
+                  f"| share of squared norm varying across users | {g['user_variance_share']:.3f} | "
+                  f"{g['generic_user_variance_share']:.3f} |",
+                  f"| mean cosine between two users | {g['mean_user_cosine']:.3f} | {g['generic_mean_user_cosine']:.3f} |",
+                  f"| query sensitivity (1 - cos of one user's query-centred vectors, {g['queries']} queries) | "
+                  f"{g['query_sensitivity']:.3f} | |"]
     methods = [m for m in METHODS if any(r["method"] == m for r in result.rows)]
     by = {(r["method"], r["task"]): r for r in result.rows}
     for metric in ("auc", "ks"):
@@ -39,7 +57,8 @@ def markdown(result: EvaluationResult, meta: dict) -> str:
                   "|---|---|" + "---|" * len(methods)]
         for task, y in result.test_labels.items():
             cells = [f"{by[(m, task)][metric]:.3f}" if (m, task) in by else "" for m in methods]
-            lines.append(f"| {task} | {int(y.sum())}/{len(y)} | " + " | ".join(cells) + " |")
+            flag = " (unreliable)" if task in result.unreliable else ""
+            lines.append(f"| {task}{flag} | {int(y.sum())}/{len(y)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -95,6 +114,7 @@ def write_report(result: EvaluationResult, folder: Path, meta: dict, plots: bool
     """results.json, report.md and (optionally) the PNGs under `folder`; returns the files."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = {**meta, "seconds": result.seconds, "summary": result.summary, "rows": result.rows,
+               "comparisons": result.comparisons, "geometry": result.geometry, "unreliable_tasks": result.unreliable,
                "test_positives": {t: int(y.sum()) for t, y in result.test_labels.items()},
                "test_users": len(next(iter(result.test_labels.values())))}
     files = [folder / "results.json", folder / "report.md"]
