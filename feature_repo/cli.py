@@ -110,6 +110,12 @@ def show(repo: Path, users: tuple[str, ...], sample: int, max_events: int) -> No
         click.echo(f"user {features.user_id}" + ("  (unknown to the online store)" if features.is_empty else ""))
         click.echo("  profile: " + ", ".join(f"{k}={v}" for k, v in features.profile.items()))
         for name, events in features.modalities.items():
-            click.echo(f"  {name}: {len(events)} events")
+            past = features.history.get(name)
+            whole = f"; window: {past.events} events of {len(past)} kinds" if past is not None else ""
+            click.echo(f"  {name}: last {len(events)} events{whole}")
             for text in events.texts[-max_events:]:
                 click.echo(f"    - {text}")
+            if past is not None and len(past):
+                top = max(past.counts)
+                click.echo("    most frequent over the window: " + "; ".join(
+                    f"{kind} x{count}" for kind, count in zip(past.kinds[:3], past.counts[top][:3])))

@@ -158,8 +158,14 @@ def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, datas
     settings = EvaluationSettings(tasks=SMOKE_TASKS, tune_steps=4, resamples=20)
     result = evaluate(model, population, settings, progress=False)
     methods = {r["method"] for r in result.rows}
-    assert methods == {"gbdt_aggregates", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
-                       "qanchor_prompt", "qanchor_prompt_proto"}
+    assert methods == {"gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query",
+                       "qanchor_paraphrase", "qanchor_prompt", "qanchor_prompt_proto"}
+    pairs = {(c["method"], c["versus"]) for c in result.comparisons}
+    assert ("qanchor_query", "static_query") in pairs and ("qanchor_prompt_proto", "qanchor_prompt") in pairs
+    assert any(versus in ("gbdt_aggregates", "gbdt_history", "minilm_text") for _, versus in pairs)
+    for c in result.comparisons:
+        assert c["auc_diff_low"] <= c["auc_diff"] <= c["auc_diff_high"]
+    assert result.geometry["queries"] == len(SMOKE_TASKS) and 0.0 <= result.geometry["user_variance_share"] <= 1.0
     for row in result.rows + result.summary:
         for key in ("auc", "mean_auc"):
             if key in row:
@@ -169,7 +175,8 @@ def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, datas
     assert {"results.json", "report.md", "auc_by_task.png", f"embeddings_{SMOKE_TASKS[0]}_tsne.png"} <= names
     payload = json.loads((tmp_path / "report" / "results.json").read_text())
     assert payload["test_users"] == int((population.part == "test").sum())
-    assert "| mkt_coupon_redeem |" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| mkt_coupon_redeem" in report and "Paired differences" in report and "query sensitivity" in report
 
 
 def test_cli_refuses_an_unknown_task_before_doing_any_work(sqlite_store, dataset, tmp_path):
