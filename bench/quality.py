@@ -216,6 +216,8 @@ def main() -> None:
     parser.add_argument("--pretrain-users", type=int, default=None,
                         help="Pretrain on this many train-split users (all their questions). Default: all.")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--no-text-baseline", action="store_true",
+                        help="Skip the MiniLM row (about an hour per 5,000 users on 2 CPU cores).")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
     args = parser.parse_args()
@@ -243,7 +245,8 @@ def main() -> None:
                                                    args.pretrain_users),
                         build_examples(store, args.dataset, "val", base.data.future_ratio, base.data.val_examples,
                                        base.seed + 1),
-                        population, str(args.dataset), score_baselines(store.spec, cache, population, labels))
+                        population, str(args.dataset),
+                        score_baselines(store.spec, cache, population, labels, text=not args.no_text_baseline))
         print(f"baselines scored in {time.perf_counter() - start:.0f}s", flush=True)
         if args.export_bundle is not None:
             export_bundle(args.export_bundle, bundle)
