@@ -4,12 +4,12 @@ Every variant is pretrained from the same base config on the same dataset, then 
 `qanchor evaluate`'s harness on the same held-out users (probe train / val / test), so rows are
 comparable within one run:
 
-  full                 the base config: the packaged spec's short event sequences, [HIST_m]
-                       window-long history tokens, batches grouping each user under several queries
-  legacy               before history and grouping: the store's full event sequences (import the
-                       dataset with longer `max_events` to compare), no history tokens, random order
+  full                 the base config: the packaged spec's short event sequences plus [HIST_m]
+                       window-long history tokens
+  legacy               before the history view: the store's full event sequences (import the
+                       dataset with longer `max_events` to compare), no history tokens
   no_history           full without the [HIST_m] tokens
-  ungrouped            full with examples in plain random order (queries_per_user 1)
+  grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -74,7 +74,7 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "ungrouped", "no_contrastive", "no_ntp", "no_summary_tokens",
+VARIANTS = ("full", "legacy", "no_history", "grouped", "no_contrastive", "no_ntp", "no_summary_tokens",
             "no_pretraining", "data_25", "data_50")
 
 
@@ -93,11 +93,10 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
     cfg["tracking"].update(uri=f"sqlite:///{out / 'mlruns.db'}", experiment="qanchor-quality-bench", register_model=False)
     if variant == "legacy":
         cfg["model"]["history_tokens"] = False
-        cfg["data"]["queries_per_user"] = 1
     elif variant == "no_history":
         cfg["model"]["history_tokens"] = False
-    elif variant == "ungrouped":
-        cfg["data"]["queries_per_user"] = 1
+    elif variant == "grouped":
+        cfg["data"]["queries_per_user"] = 4
     elif variant == "no_contrastive":
         cfg["model"]["loss"]["contrastive_weight"] = 0.0
     elif variant == "no_ntp":
