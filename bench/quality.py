@@ -64,6 +64,7 @@ from training.evaluation.harness import (  # noqa: E402
     score_baselines,
     task_labels,
 )
+from training.evaluation.metrics import METRICS, bootstrap_difference  # noqa: E402
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
 from training.pretrain import (  # noqa: E402
@@ -194,6 +195,24 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     return loaded
 
 
+def versus_full(results: dict, resamples: int) -> list[dict]:
+    """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users."""
+    full = results["full"]
+    tasks = [t for t in full.test_labels if t not in full.unreliable] or list(full.test_labels)
+    labels = [full.test_labels[t] for t in tasks]
+    out = []
+    for variant, result in results.items():
+        if variant == "full":
+            continue
+        ours, theirs = result.test_scores["qanchor_query"], full.test_scores["qanchor_query"]
+        row = {"variant": variant, "method": "qanchor_query - full's"}
+        for name, metric in METRICS.items():
+            est = bootstrap_difference(labels, [ours[t] for t in tasks], [theirs[t] for t in tasks], metric, resamples)
+            row.update({f"mean_{name}": est.value, f"{name}_95": f"[{est.low:.3f}, {est.high:.3f}]"})
+        out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, help="Dataset directory (`qanchor data generate` output).")
@@ -268,6 +287,7 @@ def main() -> None:
 
     models: dict[str, QAnchor] = {}
     geometry: dict[str, dict] = {}
+    results: dict[str, object] = {}
     device = init_distributed().device
     for variant in variants:
         start = time.perf_counter()
@@ -286,7 +306,11 @@ def main() -> None:
         result = evaluate(model, population, settings, baseline_scores=bundle.baseline_scores)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
         record(variant, result, time.perf_counter() - start)
+        results[variant] = result
         print(f"{variant}: done in {time.perf_counter() - start:.0f}s; geometry {result.geometry}", flush=True)
+
+    if "full" in results:
+        rows.extend(versus_full(results, args.resamples))
 
     sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in TASK_NAMES]
     for tokens in [int(t) for t in args.sweep.split(",") if t]:

@@ -84,6 +84,9 @@ class EvaluationResult:
     comparisons: list[dict] = field(default_factory=list)
     #: Tasks left out of the means: fewer than MIN_TEST_POSITIVES test positives.
     unreliable: list[str] = field(default_factory=list)
+    #: Test-user scores per method and task, in `test_labels` order: for paired comparisons
+    #: across evaluations of the same population (other backbones, other configurations).
+    test_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def query_embeddings(model: QAnchor, users: list[UserFeatures], times: list[int], queries: list[str],
@@ -249,4 +252,5 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
     reliable = [t for t in test_labels if t not in unreliable] or list(test_labels)
     rows, summary = _score_table(scores, test_labels, reliable, settings.resamples, settings.seed)
     comparisons = _comparisons(scores, test_labels, reliable, summary, settings.resamples, settings.seed)
-    return EvaluationResult(rows, summary, test_labels, embeddings, seconds, geometry, comparisons, unreliable)
+    return EvaluationResult(rows, summary, test_labels, embeddings, seconds, geometry, comparisons, unreliable,
+                            {m: dict(by_task) for m, by_task in scores.items()})
