@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -62,6 +63,21 @@ def test_history_aggregates_every_event_of_the_window_not_only_the_last_ones(sql
         assert past.last_seen[i] == int(rows.event_time.max().timestamp())
         assert past.first_seen[i] == int(rows.event_time.min().timestamp())
         assert past.sums["amount"][i] == pytest.approx(rows.amount.sum())
+
+
+@pytest.mark.parametrize(("column", "values", "message"), [
+    ("count_30d", [-1], "'count_30d' holds a negative or non-finite value"),
+    ("amount_sum", [float("inf")], "'amount_sum' holds a non-finite value"),
+    ("last_seen", [1, 2], "1 kinds but 2 values of 'last_seen'"),
+    ("count_7d", [None], "'count_7d' holds a missing or non-numeric value"),
+])
+def test_malformed_history_values_are_refused_naming_the_field(spec, column, values, message):
+    row = {"bill_history__kinds": ["paid # at x, y"], "bill_history__count_7d": [0], "bill_history__count_30d": [1],
+           "bill_history__count_90d": [2], "bill_history__last_seen": [1], "bill_history__first_seen": [1],
+           "bill_history__amount_sum": [3.0], "bill_history__n_events": 2}
+    row[f"bill_history__{column}"] = values
+    with pytest.raises(FeatureValueError, match=re.escape(f"user 'u1', bill history: ") + ".*" + re.escape(message)):
+        UserFeatures.from_row("u1", row, spec)
 
 
 def test_unknown_user_reads_as_empty(sqlite_store):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import AS_OF
-from feature_repo.ingest import ImportConfig, InputDataError, import_data
+from feature_repo.ingest import ImportConfig, InputDataError, build_history, import_data
 from monitoring.validation import DataValidationError
 
 
@@ -140,3 +140,20 @@ def test_naive_timestamps_are_taken_as_utc(tmp_path, dataset, spec, good_events)
                                        out=tmp_path / "f", spec=spec, as_of=AS_OF), progress=False)
     assert summary.events == len(good_events)
     assert all(r.success for r in summary.reports)
+
+
+def test_history_keeps_the_most_frequent_kinds_and_counts_every_window(spec):
+    """build_history on a hand-made window: 3 kinds, a cap of 2, counts per 7/30/90 days."""
+    snapshot = pd.Timestamp("2026-10-01", tz="UTC")
+    days = {"paid 1.00 at A, x": [1, 2, 80], "paid 2.00 at B, y": [40, 50], "paid 3.00 at C, z": [3], "old": [95]}
+    rows = [("u1", snapshot - pd.Timedelta(days=d), text, 1.5) for text, ds in days.items() for d in ds]
+    events = pd.DataFrame(rows, columns=["user_id", "event_time", "text", "amount"]).assign(modality="bill")
+    bill = spec.modality("bill").model_copy(update={"history_kinds": 2})
+    table = build_history(events, np.array(["u1", "u2"], dtype=object), bill, snapshot, (7, 30, 90)).to_pylist()
+    first, idle = table
+    assert first["kinds"] == ["paid # at a, x", "paid # at b, y"]  # C (one event) falls off the cap of 2
+    assert first["count_7d"] == [2, 0] and first["count_30d"] == [2, 0] and first["count_90d"] == [3, 2]
+    assert first["amount_sum"] == [4.5, 3.0]
+    assert first["n_events"] == 6, "every event of the 90-day window counts, kept kinds or not; the 95-day one does not"
+    assert first["first_seen"][0] == int((snapshot - pd.Timedelta(days=80)).timestamp())
+    assert idle["kinds"] == [] and idle["n_events"] == 0

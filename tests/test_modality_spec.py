@@ -22,6 +22,8 @@ def test_default_spec_has_the_papers_six_modalities(spec):
     assert spec.profile.name == "tabular"
     assert spec.modality("bill").numeric_names == ("amount",)
     assert spec.window_days == 90
+    assert spec.history_windows(spec.modality("bill")) == (7, 30, 90)
+    assert [m.name for m in spec.history_modalities] == ["bill", "mini", "spm", "app", "search"]
 
 
 @pytest.mark.parametrize(
@@ -35,6 +37,9 @@ def test_default_spec_has_the_papers_six_modalities(spec):
         (lambda d: d["modalities"][5]["fields"][1].pop("values"), "a category field needs a non-empty 'values' list"),
         (lambda d: d["modalities"][0].update(name="Bill Payments"), "modalities[0] (Bill Payments).name"),
         (lambda d: d["modalities"][0].update(colour="red"), "modalities[0] (bill).colour: Extra inputs are not permitted"),
+        (lambda d: d["modalities"][0].update(history_kinds=-1), "modalities[0] (bill).history_kinds"),
+        (lambda d: d.update(history_windows_days=[7, 7]), "history windows must be distinct positive day counts"),
+        (lambda d: d.update(history_windows_days=[0, 30]), "history windows must be distinct positive day counts"),
     ],
 )
 def test_invalid_spec_errors_name_the_field(raw, mutate, expected):
