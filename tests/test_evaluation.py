@@ -14,10 +14,11 @@ from sklearn.metrics import roc_auc_score
 from conftest import AS_OF
 from qanchor.cli import cli
 from qanchor.model import ModelSettings, QAnchor
+from qanchor.model.text_encoder import TextEmbeddingCache
 from qanchor.scenario import ks_statistic
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, serialise
 from training.evaluation.geometry import embedding_geometry
-from training.evaluation.harness import EvaluationSettings, evaluate
+from training.evaluation.harness import EvaluationSettings, evaluate, score_baselines, task_labels
 from training.evaluation.metrics import bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import load_population, split_parts
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
@@ -93,6 +94,14 @@ def test_history_baseline_reads_kinds_that_fell_off_the_event_sequence(sqlite_st
     row = table.iloc[users.index(user)]
     assert row["bill_hist_events"] == user.history["bill"].events > len(user.modalities["bill"])
     assert row["bill_hist_count_90d"] == user.history["bill"].events or len(user.history["bill"]) == spec.modality("bill").history_kinds
+
+
+def test_baselines_are_scored_once_per_population_and_the_text_row_is_optional(sqlite_store, dataset, spec):
+    population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
+    labels = task_labels(population, SMOKE_TASKS)
+    scores = score_baselines(spec, TextEmbeddingCache(), population, labels, text=False)
+    assert set(scores) == {"gbdt_aggregates", "gbdt_history"}
+    assert all(len(scores[m][t]) == int((population.part == "test").sum()) for m in scores for t in SMOKE_TASKS)
 
 
 def test_mean_over_tasks_resamples_users_jointly():

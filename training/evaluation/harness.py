@@ -53,6 +53,8 @@ class EvaluationSettings(BaseModel):
 
     tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
     baselines: bool = True
+    #: The MiniLM row among the baselines (costly on CPU for large populations).
+    text_baseline: bool = True
     paraphrases: bool = True
     prompt_tuning: bool = True
     tune_steps: int = Field(default=150, gt=0)
@@ -203,7 +205,8 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
             scores[method].update({t: by_task[t] for t in settings.tasks})
     elif settings.baselines:
         start = time.perf_counter()
-        for method, by_task in score_baselines(model.spec, model.cache, population, labels, settings.seed).items():
+        for method, by_task in score_baselines(model.spec, model.cache, population, labels, settings.seed,
+                                               text=settings.text_baseline).items():
             scores[method].update(by_task)
         seconds["baselines"] = time.perf_counter() - start
         bar.update()
