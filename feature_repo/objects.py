@@ -236,8 +236,10 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
     user = user_entity()
     objects: dict[str, object] = {"user": user}
     views = [event_view(m, settings.data, user) for m in settings.spec.event_modalities]
+    # Data imported before the history view existed has no history folders: serve it without them
+    # (a model then gets no [HIST_m] tokens) until it is re-imported.
     views += [history_view(m, settings.spec.history_windows(m), settings.data, user)
-              for m in settings.spec.history_modalities]
+              for m in settings.spec.history_modalities if (settings.data / history_view_name(m.name)).is_dir()]
     if settings.spec.profile is not None:
         views.append(profile_view(settings.spec.profile, settings.data, user, ttl_days=PROFILE_TTL_DAYS))
     for view in views:

@@ -80,6 +80,19 @@ def test_malformed_history_values_are_refused_naming_the_field(spec, column, val
         UserFeatures.from_row("u1", row, spec)
 
 
+def test_data_imported_before_the_history_view_still_applies_and_serves(features, tmp_path):
+    """An upgrade must not take a store down: without history folders the views are simply absent."""
+    from conftest import materialized_store
+
+    old = tmp_path / "features"
+    shutil.copytree(features, old, ignore=shutil.ignore_patterns("*_history"))
+    store = materialized_store(old, tmp_path / "store")
+    assert not any(ref.split(":")[0].endswith("_history") for ref in store.feature_refs())
+    user = sorted(store.known_users())[0]
+    (served,) = store.online([user])
+    assert len(served.modalities["bill"]) > 0 and all(len(h) == 0 for h in served.history.values())
+
+
 def test_unknown_user_reads_as_empty(sqlite_store):
     (features,) = sqlite_store.online(["no-such-user"])
     assert features.is_empty

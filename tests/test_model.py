@@ -109,6 +109,24 @@ def test_save_and_load_round_trip(tiny, users, tmp_path):
     assert (loaded.embed(users, queries, reference_time=REF) == before).all()
 
 
+def test_a_model_saved_before_the_history_view_loads_with_its_old_layout(spec, users, tmp_path):
+    """Saved settings without `history_tokens` (and weights without the history modules) still load."""
+    import json
+
+    from safetensors.torch import load_file
+
+    old = QAnchor.build(spec, ModelSettings(history_tokens=False), seed=0)
+    folder = old.save_pretrained(tmp_path / "old")
+    meta = json.loads((folder / "qanchor.json").read_text())
+    del meta["settings"]["history_tokens"]
+    (folder / "qanchor.json").write_text(json.dumps(meta))
+    assert not any("history" in k for k in load_file(folder / "model.safetensors"))
+    loaded = QAnchor.from_pretrained(folder)
+    assert not loaded.settings.history_tokens
+    query = ["will this user repay late?"]
+    assert np.allclose(loaded.embed(users, query, reference_time=REF), old.embed(users, query, reference_time=REF))
+
+
 def test_empty_user_gets_a_finite_vector(tiny, spec):
     from qanchor.features import ModalityEvents, UserFeatures
 

@@ -166,8 +166,9 @@ class QAnchorModel(nn.Module):
         self.lm = backbone.lm
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens)
-        #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
-        self.history_type = nn.Parameter(torch.zeros(hidden))
+        if self.user_encoder.history_names:
+            #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
+            self.history_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
         #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
         self.pad_to_multiple = 1
@@ -206,12 +207,15 @@ class QAnchorModel(nn.Module):
         encoded = self.user_encoder(batch, text_table)
         types = self._token_embeddings(self._type_ids)
         n_mod = len(self.spec.names)
-        history_types = types[[1 + self.spec.names.index(n) for n in self.user_encoder.history_names]]
-        candidates = [encoded.user.unsqueeze(1) + types[0], encoded.modalities + types[1:1 + n_mod],
-                      encoded.history + history_types + self.history_type]
+        candidates = [encoded.user.unsqueeze(1) + types[0], encoded.modalities + types[1:1 + n_mod]]
+        if self.user_encoder.history_names:
+            history_types = types[[1 + self.spec.names.index(n) for n in self.user_encoder.history_names]]
+            candidates.append(encoded.history + history_types + self.history_type)
         present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
         summaries = self.settings.summary_tokens
-        valid = [torch.full_like(present[:, :1], summaries), present & summaries, encoded.history_present]
+        valid = [torch.full_like(present[:, :1], summaries), present & summaries]
+        if self.user_encoder.history_names:
+            valid.append(encoded.history_present)
         for i, name in enumerate(self.spec.names):
             candidates.append(encoded.events[i] + types[1 + i])
             valid.append(batch[name].mask)
