@@ -6,9 +6,10 @@ Two layouts of the same users, measured in the same run:
   history    the packaged spec's shorter sequences plus one [HIST_m] token per modality
 
 Per layout: mean prefix tokens per user, one pretraining step (forward + backward of both towers
-and both losses, random-init tiny backbone, batch of --batch rows, 4 questions per user), and
-the cold cost of a served user (prefix encode + two scenario suffixes through the KV engine).
-The store must have been imported with sequences at least as long as the packaged spec's.
+and both losses, fresh encoders, batch of --batch rows), and the cold cost of a served user
+(prefix encode + two scenario suffixes through the KV engine). The store must have been imported
+with sequences at least as long as the packaged spec's. `--backbone smollm2-135m --lora-r 16`
+times the real 135M LLM with LoRA adapters instead of the random-init tiny one.
 
     .venv/bin/python bench/prefix_cost.py --repo data/demo/feature_store --dataset data/demo/raw
 """
@@ -30,7 +31,7 @@ from quality import variant_spec  # noqa: E402
 
 from feature_repo.store import UserFeatureStore  # noqa: E402
 from qanchor.embedding_engine import EmbeddingEngine  # noqa: E402
-from qanchor.model import ModelSettings, QAnchor  # noqa: E402
+from qanchor.model import BackboneSettings, LoraSettings, ModelSettings, QAnchor  # noqa: E402
 from qanchor.model.batch import collate_users  # noqa: E402
 from training.data import build_examples  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
@@ -56,10 +57,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--users", type=int, default=64, help="Served users per timing.")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backbone", default="tiny", help="Backbone preset or local HF directory.")
+    parser.add_argument("--lora-r", type=int, default=None, help="LoRA rank on the backbone (default: none).")
     args = parser.parse_args()
     torch.manual_seed(0)
     store = UserFeatureStore(args.repo)
     examples = build_examples(store, args.dataset, "train", 0.5, args.batch * 4, seed=0, max_users=args.batch)
+    backbone = BackboneSettings(name=args.backbone, lora=None if args.lora_r is None else LoraSettings(r=args.lora_r))
     batch = sorted(examples, key=lambda e: e.features.user_id)[:args.batch]
     users = [e.features for e in examples][:args.users]
     times = [e.reference_time for e in examples][:args.users]
@@ -87,8 +91,8 @@ def main() -> None:
         rows.append({"layout": layout, "prefix_tokens_mean": statistics.mean(lengths), "prefix_tokens_max": max(lengths),
                      "train_step_s": _timed(step, args.repeats),
                      "served_user_ms": 1000 * _timed(serve, args.repeats) / len(users)})
-    emit("prefix_cost", rows, {"repo": str(args.repo), "batch": args.batch, "users": args.users,
-                               "threads": torch.get_num_threads()})
+    emit(f"prefix_cost_{args.backbone}", rows, {"repo": str(args.repo), "batch": args.batch, "users": args.users,
+                                                "backbone": backbone.model_dump(), "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":
