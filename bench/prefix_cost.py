@@ -71,10 +71,10 @@ def main() -> None:
     rows = []
     for layout, history in (("legacy", False), ("history", True)):
         spec = variant_spec(store.spec, "legacy" if not history else "full")
-        settings = ModelSettings(history_tokens=history)
+        settings = ModelSettings(backbone=backbone, history_tokens=history)
         model = QAnchor.build(spec, settings, seed=0)
         cfg = PretrainConfig.model_validate({"model": settings.model_dump(), "data": {
-            "dataset": args.dataset, "feature_repo": args.repo, "queries_per_user": 4}})
+            "dataset": args.dataset, "feature_repo": args.repo}})
         lengths = model.network.prefix_embeddings(collate_users(users, times, spec, model.cache),
                                                   model.cache.table()).host_lengths
 
