@@ -89,26 +89,25 @@ class AggregateFeaturizer:
 
 
 class HistoryFeaturizer:
-    """`AggregateFeaturizer`'s table plus window-long bag-of-kinds columns per modality."""
+    """Window-long bag-of-kinds columns per modality (joined to `AggregateFeaturizer`'s table for
+    the `gbdt_history` row)."""
 
     def __init__(self, spec: ModalitySpec, top_kinds: int = 48):
         self.spec = spec
         self.top_kinds = top_kinds
-        self.recent = AggregateFeaturizer(spec)
         self.vocabulary: dict[str, list[str]] = {}
 
     def fit(self, users: list[UserFeatures]) -> HistoryFeaturizer:
         """Kinds seen by the most train users per modality (document frequency, not volume)."""
-        self.recent.fit(users)
         for m in self.spec.history_modalities:
             seen = Counter(k for u in users for k in set(u.history.get(m.name, ModalityHistory()).kinds))
             self.vocabulary[m.name] = [k for k, _ in seen.most_common(self.top_kinds)]
         return self
 
     def transform(self, users: list[UserFeatures], reference_times: list[int]) -> pd.DataFrame:
-        recent = self.recent.transform(users, reference_times)
-        history = pd.DataFrame([self._row(u, now) for u, now in zip(users, reference_times)], index=recent.index)
-        return pd.concat([recent, history], axis=1)
+        if not self.vocabulary:
+            raise RuntimeError("fit the featurizer on the training users first")
+        return pd.DataFrame([self._row(u, now) for u, now in zip(users, reference_times)])
 
     def _row(self, user: UserFeatures, now: int) -> dict[str, float]:
         row: dict[str, float] = {}

@@ -22,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
@@ -162,7 +163,8 @@ def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: E
     users, times = population.users, population.reference_times
     train_users = [users[i] for i in parts.train]
     table = AggregateFeaturizer(spec).fit(train_users).transform(users, times)
-    history = HistoryFeaturizer(spec).fit(train_users).transform(users, times) if spec.history_modalities else None
+    history = pd.concat([table, HistoryFeaturizer(spec).fit(train_users).transform(users, times)], axis=1) \
+        if spec.history_modalities else None
     serialised = text_embeddings(users, spec, cache) if text else None
     out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for task, y in labels.items():
