@@ -61,10 +61,10 @@ from training.evaluation.harness import (  # noqa: E402
     TASK_NAMES,
     EvaluationSettings,
     evaluate,
+    paired_difference,
     score_baselines,
     task_labels,
 )
-from training.evaluation.metrics import METRICS, bootstrap_difference  # noqa: E402
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
 from training.pretrain import (  # noqa: E402
@@ -199,18 +199,20 @@ def versus_full(results: dict, resamples: int) -> list[dict]:
     """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users."""
     full = results["full"]
     tasks = [t for t in full.test_labels if t not in full.unreliable] or list(full.test_labels)
-    labels = [full.test_labels[t] for t in tasks]
     out = []
     for variant, result in results.items():
-        if variant == "full":
-            continue
-        ours, theirs = result.test_scores["qanchor_query"], full.test_scores["qanchor_query"]
-        row = {"variant": variant, "method": "qanchor_query - full's"}
-        for name, metric in METRICS.items():
-            est = bootstrap_difference(labels, [ours[t] for t in tasks], [theirs[t] for t in tasks], metric, resamples)
-            row.update({f"mean_{name}": est.value, f"{name}_95": f"[{est.low:.3f}, {est.high:.3f}]"})
-        out.append(row)
+        if variant != "full":
+            d = paired_difference(full.test_labels, tasks, result.test_scores["qanchor_query"],
+                                  full.test_scores["qanchor_query"], resamples)
+            out.append(difference_row(variant, "qanchor_query - full's", d))
     return out
+
+
+def difference_row(variant: str, method: str, d: dict, seconds: float | None = None) -> dict:
+    """A table row for a paired difference (`paired_difference`'s keys)."""
+    return {"variant": variant, "method": method, "mean_auc": d["auc_diff"],
+            "auc_95": f"[{d['auc_diff_low']:.3f}, {d['auc_diff_high']:.3f}]", "mean_ks": d["ks_diff"],
+            "ks_95": f"[{d['ks_diff_low']:.3f}, {d['ks_diff_high']:.3f}]", "seconds": seconds}
 
 
 def main() -> None:
@@ -279,10 +281,7 @@ def main() -> None:
             rows.append({"variant": variant, "method": s["method"], "mean_auc": s["mean_auc"],
                          "auc_95": f"[{s['mean_auc_low']:.3f}, {s['mean_auc_high']:.3f}]", "mean_ks": s["mean_ks"],
                          "ks_95": f"[{s['mean_ks_low']:.3f}, {s['mean_ks_high']:.3f}]", "seconds": seconds})
-        for c in result.comparisons:
-            rows.append({"variant": variant, "method": f"{c['method']} - {c['versus']}", "mean_auc": c["auc_diff"],
-                         "auc_95": f"[{c['auc_diff_low']:.3f}, {c['auc_diff_high']:.3f}]", "mean_ks": c["ks_diff"],
-                         "ks_95": f"[{c['ks_diff_low']:.3f}, {c['ks_diff_high']:.3f}]", "seconds": seconds})
+        rows.extend(difference_row(variant, f"{c['method']} - {c['versus']}", c, seconds) for c in result.comparisons)
         geometry[variant] = result.geometry
 
     models: dict[str, QAnchor] = {}

@@ -42,7 +42,16 @@ from monitoring.validation import (
     profile_expectations,
     validate_frame,
 )
-from qanchor.features import DIGITS_PATTERN, count_field, history_view_name
+from qanchor.features import (
+    DIGITS_PATTERN,
+    INT,
+    LIST_OF_FLOATS,
+    LIST_OF_INTS,
+    LIST_OF_STRINGS,
+    count_field,
+    history_columns,
+    history_view_name,
+)
 from qanchor.modality_spec import EventModality, ModalitySpec
 
 
@@ -194,23 +203,23 @@ def build_snapshots(events: pd.DataFrame, users: np.ndarray, modality: EventModa
     return pa.table(columns, schema=_snapshot_schema(modality))
 
 
-def _history_schema(modality: EventModality, windows: tuple[int, ...]) -> pa.Schema:
-    fields = [("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
-              ("kinds", pa.list_(pa.string()))]
-    fields += [(count_field(d), pa.list_(pa.int64())) for d in windows]
-    fields += [("last_seen", pa.list_(pa.int64())), ("first_seen", pa.list_(pa.int64()))]
-    fields += [(f"{name}_sum", pa.list_(pa.float64())) for name in modality.numeric_names]
-    fields += [("n_events", pa.int64())]
-    return pa.schema(fields)
+_ARROW_TYPES = {LIST_OF_STRINGS: pa.list_(pa.string()), LIST_OF_INTS: pa.list_(pa.int64()),
+                LIST_OF_FLOATS: pa.list_(pa.float64()), INT: pa.int64()}
 
 
-def build_history(events: pd.DataFrame, users: np.ndarray, modality: EventModality, snapshot: pd.Timestamp,
-                  windows: tuple[int, ...]) -> pa.Table:
+def _history_schema(spec: ModalitySpec, modality: EventModality) -> pa.Schema:
+    keys = [("user_id", pa.string()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
+    return pa.schema(keys + [(name, _ARROW_TYPES[kind]) for name, kind in history_columns(spec, modality)])
+
+
+def build_history(events: pd.DataFrame, users: np.ndarray, spec: ModalitySpec, modality: EventModality,
+                  snapshot: pd.Timestamp) -> pa.Table:
     """One row per user in `users` (sorted): every event of the window aggregated per kind.
 
     Kinds are digit-masked texts (`qanchor.features.text_key`); each user keeps its
     `history_kinds` most frequent kinds over the whole window (ties: the most recent first).
     """
+    windows = spec.history_windows(modality)
     window = events[(events["modality"] == modality.name)
                     & (events["event_time"] < snapshot)
                     & (events["event_time"] >= snapshot - pd.Timedelta(days=modality.window_days))]
@@ -218,34 +227,30 @@ def build_history(events: pd.DataFrame, users: np.ndarray, modality: EventModali
     age = (snapshot.value // 10**9) - seconds
     frame = pd.DataFrame({
         "user_id": window["user_id"].to_numpy(dtype=object),
-        "kind": window["text"].str.strip().str.lower().str.replace(DIGITS_PATTERN, "#", regex=True).to_numpy(dtype=object),
+        "kinds": window["text"].str.strip().str.lower().str.replace(DIGITS_PATTERN, "#", regex=True).to_numpy(dtype=object),
         "t": seconds,
         **{count_field(d): (age < d * 86_400).astype(np.int64) for d in windows},
         **{f"{name}_sum": window[name].to_numpy(dtype=np.float64) for name in modality.numeric_names},
     })
     totals = frame.groupby("user_id").size()
-    grouped = frame.groupby(["user_id", "kind"], sort=False).agg(
+    grouped = frame.groupby(["user_id", "kinds"], sort=False).agg(
         last_seen=("t", "max"), first_seen=("t", "min"),
         **{c: (c, "sum") for c in frame.columns if c.startswith("count_") or c.endswith("_sum")}).reset_index()
-    whole = count_field(windows[-1])
-    grouped = grouped.sort_values(["user_id", whole, "last_seen", "kind"], ascending=[True, False, False, True],
-                                  kind="stable")
+    grouped = grouped.sort_values(["user_id", count_field(windows[-1]), "last_seen", "kinds"],
+                                  ascending=[True, False, False, True], kind="stable")
     grouped = grouped[grouped.groupby("user_id").cumcount() < modality.history_kinds]
-    codes = np.searchsorted(users, grouped["user_id"].to_numpy())
-    counts = np.bincount(codes, minlength=len(users))
+    counts = np.bincount(np.searchsorted(users, grouped["user_id"].to_numpy()), minlength=len(users))
+    schema = _history_schema(spec, modality)
     columns = {
         "user_id": pa.array(users, type=pa.string()),
         "event_timestamp": pa.array(np.full(len(users), snapshot.value // 1000), type=pa.timestamp("us", tz="UTC")),
-        "kinds": _list_array(grouped["kind"].to_numpy(dtype=object), counts, pa.string()),
+        "n_events": pa.array(totals.reindex(users, fill_value=0).to_numpy(dtype=np.int64)),
     }
-    for d in windows:
-        columns[count_field(d)] = _list_array(grouped[count_field(d)].to_numpy(dtype=np.int64), counts, pa.int64())
-    for name in ("last_seen", "first_seen"):
-        columns[name] = _list_array(grouped[name].to_numpy(dtype=np.int64), counts, pa.int64())
-    for name in modality.numeric_names:
-        columns[f"{name}_sum"] = _list_array(grouped[f"{name}_sum"].to_numpy(dtype=np.float64), counts, pa.float64())
-    columns["n_events"] = pa.array(totals.reindex(users, fill_value=0).to_numpy(dtype=np.int64))
-    return pa.table(columns, schema=_history_schema(modality, windows))
+    for name, _ in history_columns(spec, modality):
+        if name not in columns:
+            value_type = schema.field(name).type.value_type
+            columns[name] = _list_array(grouped[name].to_numpy(dtype=value_type.to_pandas_dtype()), counts, value_type)
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
 
 
 def _profile_table(profiles: pd.DataFrame, config: ImportConfig) -> pa.Table:
@@ -283,9 +288,8 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
             for modality in config.spec.event_modalities:
                 tables = {modality.name: [build_snapshots(events, users, modality, s) for s in config.snapshot_times]}
                 if modality.history_kinds:
-                    windows = config.spec.history_windows(modality)
                     tables[history_view_name(modality.name)] = [
-                        build_history(events, users, modality, s, windows) for s in config.snapshot_times]
+                        build_history(events, users, config.spec, modality, s) for s in config.snapshot_times]
                 for name, parts in tables.items():
                     table = pa.concat_tables(parts)
                     target = staging / "features" / name

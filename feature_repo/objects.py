@@ -17,7 +17,7 @@ from feast.feature_logging import LoggingConfig
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.types import Array, Float32, Float64, Int64, String
 
-from qanchor.features import count_field, history_view_name
+from qanchor.features import INT, LIST_OF_FLOATS, LIST_OF_INTS, LIST_OF_STRINGS, history_columns, history_view_name
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality, parse_spec
 
 #: Settings file every Q-Anchor Feast repository carries next to feature_store.yaml.
@@ -135,7 +135,10 @@ def event_view(modality: EventModality, data: Path, user: Entity) -> FeatureView
     )
 
 
-def history_view(modality: EventModality, windows: tuple[int, ...], data: Path, user: Entity) -> FeatureView:
+_FEAST_TYPES = {LIST_OF_STRINGS: Array(String), LIST_OF_INTS: Array(Int64), LIST_OF_FLOATS: Array(Float64), INT: Int64}
+
+
+def history_view(spec: ModalitySpec, modality: EventModality, data: Path, user: Entity) -> FeatureView:
     """Every event of the window aggregated per event kind: what the last `max_events` events miss."""
     name = history_view_name(modality.name)
     source = FileSource(
@@ -145,16 +148,11 @@ def history_view(modality: EventModality, windows: tuple[int, ...], data: Path, 
         file_format=ParquetFormat(),
         description=f"Per-kind aggregates of all {modality.name} events in the last {modality.window_days} days.",
     )
-    schema = [Field(name="kinds", dtype=Array(String))]
-    schema += [Field(name=count_field(d), dtype=Array(Int64)) for d in windows]
-    schema += [Field(name="last_seen", dtype=Array(Int64)), Field(name="first_seen", dtype=Array(Int64))]
-    schema += [Field(name=f"{f.name}_sum", dtype=Array(Float64)) for f in modality.numeric_fields]
-    schema += [Field(name="n_events", dtype=Int64)]
     return FeatureView(
         name=name,
         entities=[user],
         ttl=timedelta(days=modality.window_days),
-        schema=schema,
+        schema=[Field(name=column, dtype=_FEAST_TYPES[kind]) for column, kind in history_columns(spec, modality)],
         source=source,
         online=True,
         description=f"{modality.name}: counts, recency and sums per event kind over the whole window",
@@ -238,7 +236,7 @@ def build_definitions(settings: RepoSettings) -> dict[str, object]:
     views = [event_view(m, settings.data, user) for m in settings.spec.event_modalities]
     # Data imported before the history view existed has no history folders: serve it without them
     # (a model then gets no [HIST_m] tokens) until it is re-imported.
-    views += [history_view(m, settings.spec.history_windows(m), settings.data, user)
+    views += [history_view(settings.spec, m, settings.data, user)
               for m in settings.spec.history_modalities if (settings.data / history_view_name(m.name)).is_dir()]
     if settings.spec.profile is not None:
         views.append(profile_view(settings.spec.profile, settings.data, user, ttl_days=PROFILE_TTL_DAYS))

@@ -42,6 +42,17 @@ def count_field(days: int) -> str:
     return f"count_{days}d"
 
 
+#: Value types of the history view's columns, named once for the parquet, Feast and row readers.
+LIST_OF_STRINGS, LIST_OF_INTS, LIST_OF_FLOATS, INT = "list<string>", "list<int>", "list<float>", "int"
+
+
+def history_columns(spec: ModalitySpec, modality: EventModality) -> tuple[tuple[str, str], ...]:
+    """(column, value type) of a modality's history view, in order (see docs/data.md)."""
+    return (("kinds", LIST_OF_STRINGS), *((count_field(d), LIST_OF_INTS) for d in spec.history_windows(modality)),
+            ("last_seen", LIST_OF_INTS), ("first_seen", LIST_OF_INTS),
+            *((f"{n}_sum", LIST_OF_FLOATS) for n in modality.numeric_names), ("n_events", INT))
+
+
 def _sequence(value: Any) -> tuple:
     """A list feature as a tuple; online reads give lists, offline reads numpy arrays, absent ones None."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -56,9 +67,7 @@ def feature_keys(spec: ModalitySpec, history: bool = True) -> list[str]:
     for m in spec.event_modalities:
         keys += [f"{m.name}_events__{f}" for f in ("texts", "event_times", *m.numeric_names)]
         if history and m.history_kinds:
-            columns = ("kinds", *(count_field(d) for d in spec.history_windows(m)), "last_seen", "first_seen",
-                       *(f"{n}_sum" for n in m.numeric_names), "n_events")
-            keys += [f"{history_view_name(m.name)}__{c}" for c in columns]
+            keys += [f"{history_view_name(m.name)}__{c}" for c, _ in history_columns(spec, m)]
     if spec.profile is not None:
         keys += [f"profile__{f.name}" for f in spec.profile.fields]
     return keys

@@ -149,7 +149,8 @@ def test_history_keeps_the_most_frequent_kinds_and_counts_every_window(spec):
     rows = [("u1", snapshot - pd.Timedelta(days=d), text, 1.5) for text, ds in days.items() for d in ds]
     events = pd.DataFrame(rows, columns=["user_id", "event_time", "text", "amount"]).assign(modality="bill")
     bill = spec.modality("bill").model_copy(update={"history_kinds": 2})
-    table = build_history(events, np.array(["u1", "u2"], dtype=object), bill, snapshot, (7, 30, 90)).to_pylist()
+    spec = spec.model_copy(update={"modalities": tuple(bill if m.name == "bill" else m for m in spec.modalities)})
+    table = build_history(events, np.array(["u1", "u2"], dtype=object), spec, bill, snapshot).to_pylist()
     first, idle = table
     assert first["kinds"] == ["paid # at a, x", "paid # at b, y"]  # C (one event) falls off the cap of 2
     assert first["count_7d"] == [2, 0] and first["count_30d"] == [2, 0] and first["count_90d"] == [3, 2]
