@@ -62,3 +62,31 @@ def test_import_failure_writes_report_and_nothing_else(tmp_path, dataset):
     assert "expect_column_values_to_be_in_set(modality): 2 offending rows" in result.output
     assert '"unexpected_count": 2' in report.read_text()
     assert not (tmp_path / "features").exists()
+
+
+@pytest.mark.parametrize("group", [[], ["data"], ["features"], ["scenario"]], ids=lambda g: " ".join(g) or "qanchor")
+def test_listing_commands_imports_none_of_them(group):
+    """`qanchor --help` reads one-line helps from source: no torch, MLflow, Feast or pandas import."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from qanchor.cli import cli; "
+             f"cli.main({[*group, '--help']!r}, standalone_mode=False); "
+             "heavy = sorted({'torch', 'mlflow', 'feast', 'pandas', 'transformers', 'great_expectations'} & set(sys.modules)); "
+             "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out, out
+
+
+def test_source_help_matches_the_loaded_command():
+    """The help read from source is what click itself would print once the command is loaded."""
+    from importlib.metadata import entry_points
+
+    import click
+
+    from qanchor.cli import source_help
+
+    for ep in entry_points(group="qanchor.commands"):
+        command = ep.load()
+        lazy = click.utils.make_default_short_help(source_help(ep.value), 60)
+        assert lazy == command.get_short_help_str(60), ep.name
