@@ -38,10 +38,11 @@ from feature_repo.objects import DATA_MANIFEST, PROFILE_VIEW
 from monitoring.validation import (
     DataValidationError,
     ValidationReport,
-    event_expectations,
     profile_expectations,
+    validate_events,
     validate_frame,
 )
+from qanchor.event_window import EventWindow, SnapshotSchedule
 from qanchor.features import (
     DIGITS_PATTERN,
     INT,
@@ -72,23 +73,23 @@ class ImportConfig:
     rows_per_bucket: int = 4_000_000
 
     def __post_init__(self) -> None:
-        if self.as_of.tzinfo is None:
-            raise ValueError("as_of must be timezone-aware")
-        if self.snapshots < 1 or self.snapshot_every_days < 1:
-            raise ValueError("snapshots and snapshot_every_days must be >= 1")
         if self.spec.profile is None:
             raise ValueError("the modality spec needs a profile modality to import a profile table")
+        self.schedule  # noqa: B018 - validates as_of and the snapshot counts up front
+
+    @property
+    def schedule(self) -> SnapshotSchedule:
+        return SnapshotSchedule(self.as_of, self.snapshots, self.snapshot_every_days)
 
     @property
     def snapshot_times(self) -> list[pd.Timestamp]:
         """Oldest first; the newest is `as_of`."""
-        end = pd.Timestamp(self.as_of).tz_convert("UTC")
-        return [end - pd.Timedelta(days=k * self.snapshot_every_days) for k in reversed(range(self.snapshots))]
+        return self.schedule.times
 
     @property
-    def window_start(self) -> pd.Timestamp:
-        """Earliest event any snapshot can use; older events are out of the window and rejected."""
-        return self.snapshot_times[0] - pd.Timedelta(days=self.spec.window_days)
+    def window(self) -> EventWindow:
+        """The events any snapshot can use; older ones are skipped and counted, newer ones fail."""
+        return self.schedule.event_window(self.spec.window_days)
 
 
 @dataclass
@@ -147,21 +148,21 @@ def _stage_event_buckets(config: ImportConfig, staging: Path, progress: bool) ->
     report = ValidationReport(table="events")
     frames = (b.to_pandas() for b in dataset.to_batches(batch_size=config.batch_rows)) if total \
         else iter([dataset.schema.empty_table().to_pandas()])
+    window = config.window
     with tqdm(total=total, unit="row", desc="validate events", disable=not progress) as bar:
         for index, frame in enumerate(frames):
             frame = _normalise_times(frame, "event_time")
-            batch_report = validate_frame(
-                frame, event_expectations(config.spec, frame, config.window_start, config.as_of), "events")
-            report.merge(batch_report)
+            bar.update(len(frame))
+            report.merge(validate_events(frame, config.spec, window))
             if report.success:
                 keep = ["user_id", "event_time", "modality", "text", *config.spec.numeric_columns]
-                frame = frame[[c for c in keep if c in frame.columns]]
+                frame = frame.loc[~window.stale(frame["event_time"]), [c for c in keep if c in frame.columns]]
                 for b, part in frame.groupby(_bucket_of(frame["user_id"], buckets)):
                     target = staging / "buckets" / f"b{b:05d}"
                     target.mkdir(parents=True, exist_ok=True)
                     part.to_parquet(target / f"part-{index:05d}.parquet", index=False)
-            bar.update(len(frame))
-    return report, total, buckets, list(dataset.files)
+    report.require_rows_in_window()
+    return report, total - report.skipped, buckets, list(dataset.files)
 
 
 def _list_array(values: pd.Series | np.ndarray, counts: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
@@ -255,7 +256,7 @@ def build_history(events: pd.DataFrame, users: np.ndarray, spec: ModalitySpec, m
 
 def _profile_table(profiles: pd.DataFrame, config: ImportConfig) -> pa.Table:
     frame = profiles[["user_id", *[f.name for f in config.spec.profile.fields]]].copy()
-    stamp = profiles["updated_at"] if "updated_at" in profiles else config.window_start
+    stamp = profiles["updated_at"] if "updated_at" in profiles else config.window.start
     frame.insert(1, "event_timestamp", stamp)
     for f in config.spec.profile.fields:
         frame[f.name] = frame[f.name].astype({"int": "int64", "float": "float64", "category": "str"}[f.type])

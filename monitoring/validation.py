@@ -3,7 +3,9 @@
 Suites are derived from the modality spec: schema and types, nulls, value ranges per modality
 (numeric fields only where the modality declares them), timestamps inside the window, text
 lengths, known modalities, unique profile rows. A batch that fails any expectation is reported
-with each failed expectation and its offending row count; callers write nothing in that case.
+with each failed expectation, what it checked (bounds, set, types), its offending row count and
+up to five offending rows; callers write nothing in that case. Events older than the import's
+window are skipped and counted, not failed (`qanchor.event_window`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no usage telemetry: no
 import great_expectations as gx  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
+from qanchor.event_window import EventWindow  # noqa: E402
 from qanchor.modality_spec import ModalitySpec  # noqa: E402
 
 E = gx.expectations
@@ -27,19 +30,31 @@ NUMBER_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "Float6
 #: GE's pandas type check does not understand tz-aware dtypes, so timestamps are validated as
 #: naive UTC (see `_naive_utc`).
 TIMESTAMP_TYPES = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
+#: Offending rows kept per failed expectation, in the terminal and in the JSON report.
+MAX_EXAMPLES = 5
+#: Expectation arguments that say where, not what, an expectation checks.
+_PLUMBING_KWARGS = {"batch_id", "column", "row_condition", "condition_parser", "result_format", "catch_exceptions"}
 
 
 @dataclass(frozen=True)
 class FailedExpectation:
+    """One failed expectation: what it checked, how many rows broke it and a few of them."""
+
     expectation: str
     column: str | None
     unexpected_count: int | None
     detail: str
+    checked: str = ""
+    examples: tuple[dict, ...] = ()
 
     def __str__(self) -> str:
         where = f"({self.column})" if self.column else ""
+        checked = f" {self.checked}" if self.checked else ""
         rows = f": {self.unexpected_count} offending rows" if self.unexpected_count is not None else ""
-        return f"{self.expectation}{where}{rows}" + (f" [{self.detail}]" if self.detail else "")
+        text = f"{self.expectation}{where}{checked}{rows}" + (f" [{self.detail}]" if self.detail else "")
+        if self.examples:
+            text += "; e.g. " + " | ".join(", ".join(f"{k}={v}" for k, v in row.items()) for row in self.examples)
+        return text
 
 
 @dataclass
@@ -50,6 +65,9 @@ class ValidationReport:
     rows: int = 0
     evaluated: int = 0
     failures: list[FailedExpectation] = field(default_factory=list)
+    #: Rows left out on purpose (events older than the window), counted so nothing vanishes silently.
+    skipped: int = 0
+    window: str = ""
 
     @property
     def success(self) -> bool:
@@ -58,24 +76,37 @@ class ValidationReport:
     def merge(self, other: ValidationReport) -> None:
         """Fold another batch of the same table in, summing offending rows per expectation."""
         self.rows += other.rows
+        self.skipped += other.skipped
+        self.window = self.window or other.window
         self.evaluated = max(self.evaluated, other.evaluated)
-        index = {(f.expectation, f.column, f.detail): i for i, f in enumerate(self.failures)}
+        index = {(f.expectation, f.column, f.detail, f.checked): i for i, f in enumerate(self.failures)}
         for f in other.failures:
-            key = (f.expectation, f.column, f.detail)
+            key = (f.expectation, f.column, f.detail, f.checked)
             if key in index:
                 old = self.failures[index[key]]
                 count = None if old.unexpected_count is None else old.unexpected_count + (f.unexpected_count or 0)
-                self.failures[index[key]] = FailedExpectation(old.expectation, old.column, count, old.detail)
+                examples = (old.examples + f.examples)[:MAX_EXAMPLES]
+                self.failures[index[key]] = FailedExpectation(old.expectation, old.column, count, old.detail,
+                                                              old.checked, examples)
             else:
                 index[key] = len(self.failures)
                 self.failures.append(f)
 
+    def require_rows_in_window(self) -> None:
+        """A table whose every row was skipped as older than the window has nothing to import."""
+        if self.rows and self.skipped == self.rows:
+            self.failures.append(FailedExpectation(
+                "expect_table_row_count_to_be_between", None, None,
+                f"all {self.rows} events are older than the window {self.window}", "min_value=1"))
+
     def to_dict(self) -> dict:
-        return {"table": self.table, "rows": self.rows, "expectations": self.evaluated,
-                "success": self.success, "failures": [asdict(f) for f in self.failures]}
+        return {"table": self.table, "rows": self.rows, "skipped": self.skipped, "window": self.window,
+                "expectations": self.evaluated, "success": self.success,
+                "failures": [{**asdict(f), "examples": list(f.examples)} for f in self.failures]}
 
     def summary(self) -> str:
-        head = f"{self.table}: {self.rows} rows, {self.evaluated} expectations, "
+        skipped = f" ({self.skipped} older than the window {self.window}, skipped)" if self.skipped else ""
+        head = f"{self.table}: {self.rows} rows{skipped}, {self.evaluated} expectations, "
         if self.success:
             return head + "all passed"
         return head + f"{len(self.failures)} failed\n" + "\n".join(f"  - {f}" for f in self.failures)
@@ -120,9 +151,9 @@ def _naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window_start: datetime,
-                       window_end: datetime) -> list:
-    """Expectations for a long event table (user_id, event_time, modality, text, numeric fields)."""
+def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window: EventWindow) -> list:
+    """Expectations for a long event table (user_id, event_time, modality, text, numeric fields)
+    whose stale rows `validate_events` has already set aside."""
     cols = set(frame.columns)
     modalities = [m.name for m in spec.event_modalities]
     exps: list = [E.ExpectTableRowCountToBeBetween(min_value=1)]
@@ -141,8 +172,8 @@ def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window_start: da
     if "event_time" in cols:
         exps.append(E.ExpectColumnValuesToBeInTypeList(column="event_time", type_list=TIMESTAMP_TYPES))
         if _kind(frame["event_time"]) == "timestamp":
-            exps.append(E.ExpectColumnValuesToBeBetween(column="event_time", min_value=_naive(window_start),
-                                                        max_value=_naive(window_end), strict_max=True))
+            exps.append(E.ExpectColumnValuesToBeBetween(column="event_time", min_value=_naive(window.start),
+                                                        max_value=_naive(window.end), strict_max=True))
     for modality in spec.event_modalities:
         condition = f'modality=="{modality.name}"'
         for nf in modality.numeric_fields:
@@ -195,13 +226,39 @@ def _detail(result) -> str:
     return "; ".join(m for m in messages if m)
 
 
+def _checked(kwargs: dict) -> str:
+    """What an expectation compared against (bounds, set, types), in a form a person reads."""
+    parts = []
+    for key, value in kwargs.items():
+        if key in _PLUMBING_KWARGS or value is None or value is False:
+            continue
+        if isinstance(value, (list, tuple, set)):
+            items = list(value)
+            value = "[" + ", ".join(map(str, items[:10])) + (f", ... {len(items) - 10} more" if len(items) > 10 else "") + "]"
+        parts.append(key if value is True else f"{key}={value}")
+    return " ".join(parts)
+
+
+def _examples(frame: pd.DataFrame, result: dict, column: str | None) -> tuple[dict, ...]:
+    """Up to MAX_EXAMPLES offending rows: who (user_id, modality) and the offending value."""
+    index = [i for i in (result.get("partial_unexpected_index_list") or []) if i in frame.index][:MAX_EXAMPLES]
+    shown = list(dict.fromkeys(c for c in ("user_id", "modality", column) if c and c in frame.columns))
+    return tuple({c: _readable(v) for c, v in frame.loc[i, shown].items()} for i in index)
+
+
+def _readable(value: object) -> str | None:
+    if isinstance(value, (list, tuple)):
+        return str(list(value))
+    return None if pd.isna(value) else str(value)
+
+
 def validate_frame(frame: pd.DataFrame, expectations: list, table: str) -> ValidationReport:
     """Run `expectations` on `frame` with an ephemeral GE context; never raises on bad data."""
     context = _context()
     asset = context.data_sources.add_pandas(f"{table}_source").add_dataframe_asset(table)
     batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(batch_parameters={"dataframe": _naive_utc(frame)})
     suite = gx.ExpectationSuite(name=f"{table}_suite", expectations=expectations)
-    result = batch.validate(suite, result_format="SUMMARY")
+    result = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20})
     report = ValidationReport(table=table, rows=len(frame), evaluated=len(result.results))
     for r in result.results:
         if r.success:
@@ -213,5 +270,26 @@ def validate_frame(frame: pd.DataFrame, expectations: list, table: str) -> Valid
             detail = (f"where {config.kwargs['row_condition']}; " + detail).rstrip("; ")
         if count is None and config.type == "expect_table_row_count_to_be_between":
             detail = detail or f"table has {r.result.get('observed_value')} rows"
-        report.failures.append(FailedExpectation(config.type, config.kwargs.get("column"), count, detail))
+        column = config.kwargs.get("column")
+        report.failures.append(FailedExpectation(config.type, column, count, detail, _checked(config.kwargs),
+                                                 _examples(frame, r.result, column)))
+    return report
+
+
+def validate_events(frame: pd.DataFrame, spec: ModalitySpec, window: EventWindow,
+                    table: str = "events") -> ValidationReport:
+    """Skip (and count) events older than `window`, then validate the rest.
+
+    A batch with nothing left after skipping is not a failure on its own: the caller sees
+    `rows == skipped` and decides (an import whose every event is stale fails).
+    """
+    stale = window.stale(frame["event_time"]) if "event_time" in frame.columns else pd.Series(False, index=frame.index)
+    kept = frame[~stale]
+    if len(frame) and kept.empty:
+        report = ValidationReport(table=table, rows=len(frame))
+    else:
+        report = validate_frame(kept, event_expectations(spec, kept, window), table)
+        report.rows = len(frame)
+    report.skipped = int(stale.sum())
+    report.window = str(window)
     return report

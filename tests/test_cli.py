@@ -59,7 +59,8 @@ def test_import_failure_writes_report_and_nothing_else(tmp_path, dataset):
                                       "--profiles", str(dataset / "profiles"), "--out", str(tmp_path / "features"),
                                       "--as-of", "2026-10-01", "--report", str(report)])
     assert result.exit_code == 1
-    assert "expect_column_values_to_be_in_set(modality): 2 offending rows" in result.output
+    assert ("expect_column_values_to_be_in_set(modality) value_set=[bill, mini, spm, app, search]: "
+            "2 offending rows; e.g. user_id=") in result.output
     assert '"unexpected_count": 2' in report.read_text()
     assert not (tmp_path / "features").exists()
 
