@@ -8,11 +8,14 @@ from pathlib import Path
 
 import click
 
-from feature_repo.ingest import ImportConfig, InputDataError, default_as_of, import_data as run_import
+from feature_repo.ingest import ImportConfig, default_as_of, import_data as run_import
+from feature_repo.layout import FeatureRepoError
+from feature_repo.params import FEATURE_REPO, IMPORTED_FEATURES
 from monitoring.validation import DataValidationError
 from qanchor.modality_spec import ModalitySpecError, load_spec
+from qanchor.user_files import UserFileError
 
-_REPO_OPTION = click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True,
+_REPO_OPTION = click.option("--repo", type=FEATURE_REPO, required=True,
                             help="Feast repository directory (created by `features apply`).")
 
 
@@ -48,7 +51,9 @@ def import_data(events: Path, profiles: Path, out: Path, spec_path: Path | None,
         if report:
             report.write_text(json.dumps([r.to_dict() for r in err.reports], indent=2))
         raise click.ClickException(str(err)) from None
-    except (InputDataError, ModalitySpecError, FileExistsError, ValueError) as err:
+    except UserFileError:
+        raise
+    except (ModalitySpecError, FileExistsError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if report:
         report.write_text(json.dumps([r.to_dict() for r in summary.reports], indent=2))
@@ -59,9 +64,10 @@ def import_data(events: Path, profiles: Path, out: Path, spec_path: Path | None,
 
 
 @click.command("apply")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--data", type=IMPORTED_FEATURES, required=True,
               help="Feature sources written by `qanchor data import`.")
-@_REPO_OPTION
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Feast repository directory to write (created or updated).")
 @click.option("--online-store", type=click.Choice(["sqlite", "redis"]), default="sqlite", show_default=True)
 @click.option("--redis-url", default="localhost:6379", show_default=True, help="host:port[,password=...] for Redis.")
 @click.option("--project", default="qanchor", show_default=True, help="Feast project name.")
@@ -72,7 +78,7 @@ def apply(data: Path, repo: Path, online_store: str, redis_url: str, project: st
     try:
         write_repo(repo, data, online_store=online_store, redis_url=redis_url, project=project)
         names = UserFeatureStore(repo).apply()
-    except (FileNotFoundError, ModalitySpecError) as err:
+    except (FeatureRepoError, ModalitySpecError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"applied {len(names)} objects to {repo}: {', '.join(names)}")
 

@@ -34,7 +34,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from feature_repo.objects import DATA_MANIFEST, PROFILE_VIEW
+from feature_repo.layout import DATA_MANIFEST
+from feature_repo.objects import PROFILE_VIEW
 from monitoring.validation import (
     DataValidationError,
     ValidationReport,
@@ -54,9 +55,10 @@ from qanchor.features import (
     history_view_name,
 )
 from qanchor.modality_spec import EventModality, ModalitySpec
+from qanchor.user_files import UserFileError
 
 
-class InputDataError(ValueError):
+class InputDataError(UserFileError):
     """The input cannot even be read as the documented schema (missing path, not parquet)."""
 
 
@@ -105,6 +107,8 @@ class ImportSummary:
 def _dataset(path: Path, what: str) -> ds.Dataset:
     if not Path(path).exists():
         raise InputDataError(f"{what} path {path} does not exist")
+    if Path(path).is_dir() and not any(p.is_file() for p in Path(path).rglob("*.parquet")):
+        raise InputDataError(f"{what} directory {path} holds no .parquet files")
     try:
         return ds.dataset(str(path), format="parquet")
     except (pa.ArrowInvalid, OSError) as err:

@@ -17,13 +17,10 @@ from feast.feature_logging import LoggingConfig
 from feast.infra.offline_stores.file_source import FileLoggingDestination
 from feast.types import Array, Float32, Float64, Int64, String
 
+from feature_repo.layout import DATA_MANIFEST, SETTINGS_FILE, repo_settings
 from qanchor.features import INT, LIST_OF_FLOATS, LIST_OF_INTS, LIST_OF_STRINGS, history_columns, history_view_name
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality, parse_spec
 
-#: Settings file every Q-Anchor Feast repository carries next to feature_store.yaml.
-SETTINGS_FILE = "qanchor.json"
-#: Written by `qanchor data import` into the feature data directory.
-DATA_MANIFEST = "manifest.json"
 PROFILE_VIEW = "profile"
 FEATURE_SERVICE = "userU"
 EMBEDDING_VIEW = "user_embedding"
@@ -71,15 +68,8 @@ class RepoSettings:
 
     @classmethod
     def load(cls, repo: Path) -> RepoSettings:
-        settings_path = Path(repo) / SETTINGS_FILE
-        if not settings_path.is_file():
-            raise FileNotFoundError(f"{settings_path} is missing; run `qanchor features apply --data DIR --repo {repo}`")
-        settings = json.loads(settings_path.read_text())
-        data = Path(settings["data"])
-        data = data if data.is_absolute() else (Path(repo) / data).resolve()
+        settings, data = repo_settings(repo)
         manifest_path = data / DATA_MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path} is missing; run `qanchor data import` to create {data}")
         manifest = json.loads(manifest_path.read_text())
         embeddings = settings.get("embeddings")
         return cls(

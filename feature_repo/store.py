@@ -39,7 +39,6 @@ from feature_repo.objects import (  # noqa: E402
     FEATURE_SERVICE,
     PROFILE_TTL_DAYS,
     PROFILE_VIEW,
-    SETTINGS_FILE,
     RepoSettings,
     backbone_service_name,
     build_definitions,
@@ -47,6 +46,7 @@ from feature_repo.objects import (  # noqa: E402
     feature_log_path,
     update_settings,
 )
+from feature_repo.layout import SETTINGS_FILE, require_imported_features  # noqa: E402
 from qanchor.features import UserFeatures  # noqa: E402
 
 #: Feast's FieldStatus values, as written into feature logs.
@@ -64,8 +64,7 @@ def write_repo(repo: Path, data: Path, online_store: OnlineStoreKind = "sqlite",
     """
     repo = Path(repo)
     data = Path(data).resolve()
-    if not (data / "manifest.json").is_file():
-        raise FileNotFoundError(f"{data} holds no imported features (manifest.json missing); run `qanchor data import`")
+    require_imported_features(data)
     package = resources.files("feature_repo")
     template = "feature_store.redis.yaml" if online_store == "redis" else "feature_store.yaml"
     config = yaml.safe_load(package.joinpath(template).read_text())

@@ -12,6 +12,7 @@ import pandas as pd
 from monitoring.validation import profile_expectations, validate_events, validate_frame
 from qanchor.event_window import SnapshotSchedule
 from qanchor.modality_spec import ModalitySpecError, load_spec
+from qanchor.user_files import read_parquet_frame
 
 
 @click.command("validate")
@@ -41,14 +42,14 @@ def validate(events: Path | None, profiles: Path | None, spec_path: Path | None,
     window = SnapshotSchedule(end, snapshots, snapshot_every).event_window(window_days or spec.window_days)
     reports = []
     if events is not None:
-        frame = _read(events, "events")
+        frame = read_parquet_frame(events, "events")
         if pd.api.types.is_datetime64_any_dtype(frame.get("event_time")) and frame["event_time"].dt.tz is None:
             frame["event_time"] = frame["event_time"].dt.tz_localize("UTC")
         events_report = validate_events(frame, spec, window)
         events_report.require_rows_in_window()
         reports.append(events_report)
     if profiles is not None:
-        frame = _read(profiles, "profiles")
+        frame = read_parquet_frame(profiles, "profiles")
         reports.append(validate_frame(frame, profile_expectations(spec, frame, end), "profiles"))
     if not reports:
         raise click.UsageError("give --events and/or --profiles")
@@ -58,10 +59,3 @@ def validate(events: Path | None, profiles: Path | None, spec_path: Path | None,
         report.write_text(json.dumps([r.to_dict() for r in reports], indent=2))
     if not all(r.success for r in reports):
         raise SystemExit(1)
-
-
-def _read(path: Path, what: str) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as err:
-        raise click.ClickException(f"{what} at {path} is not readable parquet: {err}") from None

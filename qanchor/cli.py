@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from qanchor.user_files import UserFileError
+
 GROUP_HELP = {
     "data": "Generate, import and validate UserU data.",
     "features": "Manage the Feast feature repository: apply, materialize, read.",
@@ -103,6 +105,13 @@ class _PluginGroup(click.Group):
         if ep is None:
             return _PluginGroup(name=name, help=GROUP_HELP.get(name), prefix=f"{self._prefix}{name}.")
         return ep.load()
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; a file of the wrong kind (`UserFileError`) is a usage error, exit 2."""
+        try:
+            return super().invoke(ctx)
+        except UserFileError as err:
+            raise click.UsageError(str(err)) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Like click's, but with one-line helps read from source instead of loaded commands."""

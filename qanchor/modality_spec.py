@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qanchor.user_files import read_yaml_mapping
+
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
@@ -260,17 +262,12 @@ def parse_spec(data: object, source: str = "<spec>") -> ModalitySpec:
 
 
 def load_spec(path: str | Path | None = None) -> ModalitySpec:
-    """Load a spec file, or the packaged default (the paper's six modalities) when `path` is None."""
+    """Load a spec file, or the packaged default (the paper's six modalities) when `path` is None.
+
+    Raises `UserFileError` when the file is missing or not a YAML mapping, and
+    `ModalitySpecError` when its content breaks the spec's rules.
+    """
     if path is None:
-        text = resources.files("qanchor.specs").joinpath("default.yaml").read_text()
-        source = "default.yaml"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ModalitySpecError(f"modality spec {p} does not exist")
-        text, source = p.read_text(), str(p)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ModalitySpecError(f"modality spec {source} is not valid YAML: {err}") from None
-    return parse_spec(data, source)
+        return parse_spec(yaml.safe_load(resources.files("qanchor.specs").joinpath("default.yaml").read_text()),
+                          "default.yaml")
+    return parse_spec(read_yaml_mapping(Path(path), "modality spec"), str(path))

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import click
 
+from feature_repo.params import FEATURE_REPO
+
 
 @click.command("serve")
 @click.option("--alias", default="champion", show_default=True,
               help="qanchor-backbone alias or version to serve (QANCHOR_MODEL_ALIAS).")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--repo", type=FEATURE_REPO, required=True,
               help="Feast repository the service reads online features from (QANCHOR_FEATURE_REPO).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
@@ -37,7 +39,7 @@ def serve(alias: str, repo: Path, host: str, port: int, device: str | None, cach
 
 
 @click.command("score-batch")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--repo", type=FEATURE_REPO, required=True,
               help="Feast repository: users and online features come from it, vectors are pushed into it.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for the parquet parts (shared by all shards of a run; resumable).")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from conftest import AS_OF
 from feature_repo.ingest import ImportConfig, import_data
-from feature_repo.objects import DATA_MANIFEST
+from feature_repo.layout import DATA_MANIFEST
 from monitoring.cli import validate
 from monitoring.validation import MAX_EXAMPLES, DataValidationError
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from qanchor.modality_spec import ModalitySpecError, load_spec, parse_spec
+from qanchor.user_files import UserFileError
 
 
 @pytest.fixture()
@@ -51,9 +52,10 @@ def test_invalid_spec_errors_name_the_field(raw, mutate, expected):
 
 
 def test_missing_and_malformed_files_are_reported(tmp_path):
-    with pytest.raises(ModalitySpecError, match="does not exist"):
+    """A file that is not a YAML mapping is a UserFileError (the CLI's usage error), naming the file."""
+    with pytest.raises(UserFileError, match="absent.yaml does not exist"):
         load_spec(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("modalities: [unclosed")
-    with pytest.raises(ModalitySpecError, match="not valid YAML"):
+    with pytest.raises(UserFileError, match="bad.yaml is not valid YAML at line 1, column 22"):
         load_spec(bad)

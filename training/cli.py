@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from feature_repo.layout import FeatureRepoError
+from feature_repo.params import FEATURE_REPO
 from qanchor.model.backbone import BackboneError
 from training.pretrain import ConfigError, load_config, pretrain as run_pretrain
 from training.registry import BACKBONE_MODEL, ScenarioError
@@ -23,7 +25,7 @@ def pretrain(config_path: Path, resume: bool) -> None:
     """
     try:
         summary = run_pretrain(load_config(config_path), resume=resume)
-    except (ConfigError, BackboneError, TrackingError, FileNotFoundError) as err:
+    except (ConfigError, BackboneError, TrackingError, FeatureRepoError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     if summary:
         click.echo(f"held-out retrieval accuracy {summary['val_retrieval_acc']:.3f} (chance {summary['chance']:.3f}); "
@@ -50,7 +52,7 @@ def promote(version: str, alias: str, name: str) -> None:
 @click.option("--query", required=True, help="The natural-language scenario query.")
 @click.option("--labels", "labels_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Parquet of user_id, label[, label_time]; omit for a query-only (zero-shot) scenario.")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--repo", type=FEATURE_REPO, required=True,
               help="Feast repository the labelled users' features come from.")
 @click.option("--backbone", default="champion", show_default=True, help="Backbone alias or version to tune on.")
 @click.option("--tokens", type=click.IntRange(0, 64), default=6, show_default=True, help="Soft-prompt vectors.")
@@ -58,15 +60,14 @@ def promote(version: str, alias: str, name: str) -> None:
 def scenario_register(name: str, query: str, labels_path: Path | None, repo: Path, backbone: str, tokens: int,
                       steps: int) -> None:
     """Register a scenario: tuned soft prompt + prototypes with labels, query-only without."""
-    import pandas as pd
-
     from feature_repo.store import UserFeatureStore
+    from qanchor.user_files import read_parquet_frame
     from training.scenario_labels import ScenarioLabelError
     from training.scenario_registry import register_scenario
     from training.scenario_tuning import TuningSettings
 
     try:
-        labels = pd.read_parquet(labels_path) if labels_path else None
+        labels = read_parquet_frame(labels_path, "labels") if labels_path else None
         result = register_scenario(name, query, UserFeatureStore(repo), labels, backbone,
                                    TuningSettings(tokens=tokens, steps=steps))
     except (ScenarioError, ScenarioLabelError, TrackingError) as err:

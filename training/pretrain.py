@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm.auto import tqdm
 
+from qanchor.user_files import read_yaml_mapping
 from qanchor.losses import contrastive_loss, retrieval_accuracy
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
@@ -99,10 +100,9 @@ class ConfigError(ValueError):
 
 def load_config(path: Path) -> PretrainConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path} does not exist")
+    data = read_yaml_mapping(path, "pretraining config")
     try:
-        return PretrainConfig.model_validate(yaml.safe_load(path.read_text()))
+        return PretrainConfig.model_validate(data)
     except ValidationError as err:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ConfigError(f"invalid pretraining config {path}:\n" + "\n".join(lines)) from None

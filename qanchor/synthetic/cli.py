@@ -37,14 +37,19 @@ def generate(users: int, seed: int, out: Path, as_of: datetime, chunk_users: int
                f"{rows['d_uqa']} D_uqa rows to {out}")
 
 
+def _manifest(dataset: Path) -> dict:
+    """The generator's manifest, or a usage error saying the folder is not a generated dataset."""
+    manifest_path = dataset / "manifest.json"
+    if not manifest_path.is_file():
+        raise click.UsageError(f"{dataset} has no manifest.json; is it a `qanchor data generate` output?")
+    return json.loads(manifest_path.read_text())
+
+
 @click.command("rates")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def rates(dataset: Path) -> None:
     """Print the downstream tasks with their definitions and observed positive rates."""
-    manifest_path = dataset / "manifest.json"
-    if not manifest_path.is_file():
-        raise click.UsageError(f"{dataset} has no manifest.json; is it a `qanchor data generate` output?")
-    observed = json.loads(manifest_path.read_text())["positive_rates"]
+    observed = _manifest(dataset)["positive_rates"]
     click.echo(f"{'task':<24} {'group':<11} {'target':>7} {'observed':>9}  definition")
     for task in TASKS:
         click.echo(f"{task.name:<24} {task.group:<11} {task.target_rate:>7.1%} {observed[task.name]:>9.1%}  {task.definition}")
@@ -60,6 +65,7 @@ def labels(dataset: Path, task: str, split: str, out: Path) -> None:
     """Export one task's labels as a scenario labels table (user_id, label, label_time)."""
     import pandas as pd
 
+    _manifest(dataset)
     table = pd.read_parquet(dataset / "labels", columns=["user_id", "label_time", task])
     if split != "all":
         users = pd.read_parquet(dataset / "splits").query("split == @split")["user_id"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from feature_repo.params import FEATURE_REPO
 from training.evaluation.harness import TASK_NAMES
 
 EXPERIMENT = "qanchor-evaluation"
@@ -15,7 +16,7 @@ EXPERIMENT = "qanchor-evaluation"
 @click.command("evaluate")
 @click.option("--backbone", default="champion", show_default=True,
               help="Registered backbone alias or version, or a saved model directory.")
-@click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--repo", type=FEATURE_REPO, required=True,
               help="Feast repository the users' features come from.")
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="`qanchor data generate` output: splits/ and labels/ (held-out users are evaluated).")
