@@ -110,8 +110,8 @@ def main() -> None:
         result = tune(model, users, times, labels.frame["class_index"].to_numpy(), task.definition,
                       TuningSettings(tokens=tokens, steps=args.steps))
         m = result.metrics
-        row = {"task": task.name, "tokens": tokens, "query_only_auc": m["query_only_val_auc"], "tuned_auc": m["val_auc"],
-               "query_only_ks": m["query_only_val_ks"], "tuned_ks": m["val_ks"], "steps_run": int(m["steps_run"]),
+        row = {"task": task.name, "tokens": tokens, "query_only_auc": m["query_only_val_auc"], "tuned_auc": m["tuned_val_auc"],
+               "chosen": result.chosen, "query_only_ks": m["query_only_val_ks"], "registered_ks": m["val_ks"], "steps_run": int(m["steps_run"]),
                "seconds": time.perf_counter() - start}
         print(row, flush=True)  # long runs: each result as it lands, the table at the end
         return row

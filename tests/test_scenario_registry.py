@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -12,10 +13,10 @@ from mlflow import MlflowClient
 
 from qanchor.cli import cli
 from training.pretrain import PretrainConfig, pretrain
-from training.scenario_labels import ScenarioLabelError
+from training.scenario_labels import ScenarioLabelError, validate_labels
 from training.registry import ScenarioError, list_scenarios, load_model, load_scenario, show_scenario
 from training.scenario_registry import register_scenario
-from training.scenario_tuning import TuningSettings
+from training.scenario_tuning import TuningSettings, load_labelled_users, tune
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,9 @@ def test_tuned_and_query_only_scenarios_are_registered_beside_their_backbone(reg
     assert {"val_auc", "val_ks", "query_only_val_auc"} <= set(tuned.metrics)
     version = MlflowClient(registry).get_model_version("qanchor-scenario-travel_buyers", tuned.version)
     assert version.tags["backbone_version"] == tuned.backbone_version == "1"
+    assert version.tags["state"] == tuned.state
     shown = show_scenario("travel_buyers")
-    assert shown["classes"] == ["0", "1"] and shown["tokens"] == 2
+    assert shown["classes"] == ["0", "1"] and shown["tokens"] == (2 if tuned.state == "tuned" else 0)
     assert {r.name for r in list_scenarios()} == {"travel_buyers", "night_owls"}
     assert show_scenario("night_owls")["zero_shot"] is True
 
@@ -87,6 +89,41 @@ def test_bad_labels_register_nothing(registry, sqlite_store, travel_labels):
     with pytest.raises(ScenarioLabelError, match="appear more than once"):
         register_scenario("dupes", "q?", sqlite_store, bad, backbone="challenger")
     assert _versions(registry, "dupes") == 0
+
+
+def _a_losing_tuning(sqlite_store, labels: pd.DataFrame) -> TuningSettings:
+    """Settings under which tuning on `labels` loses to its query-only start (found by trying seeds).
+
+    Tuning is deterministic for a seed, so `register_scenario` with these settings repeats it.
+    """
+    model = load_model("challenger")
+    validated = validate_labels(labels, sqlite_store.known_users(), *sqlite_store.label_window())
+    users, times = load_labelled_users(sqlite_store, validated)
+    for seed in range(12):
+        settings = TuningSettings(tokens=2, steps=10, batch_size=16, eval_every=5, patience=1, seed=seed)
+        if tune(model, users, times, validated.frame["class_index"].to_numpy(), "q?", settings).chosen == "query_only":
+            return settings
+    raise AssertionError("no seed in 12 lost on coin-flip labels; the selection rule is suspect")
+
+
+def test_a_tuning_without_gain_is_shipped_as_query_only_or_refused(registry, sqlite_store, travel_labels):
+    """On coin-flip labels a tuned prompt often loses on validation: then the query-only state is
+    registered, or nothing with require_gain, and the refused attempt stays in MLflow as a
+    FAILED run saying why."""
+    noise = travel_labels.assign(label=np.random.default_rng(0).integers(0, 2, len(travel_labels)))
+    losing = _a_losing_tuning(sqlite_store, noise)
+    fallback = register_scenario("no_gain", "q?", sqlite_store, noise, backbone="challenger", settings=losing)
+    assert fallback.state == "query_only" and show_scenario("no_gain")["tokens"] == 0
+    assert fallback.metrics["val_auc"] == fallback.metrics["query_only_val_auc"] >= fallback.metrics["tuned_val_auc"]
+
+    with pytest.raises(ScenarioError, match="did not beat the query-only state"):
+        register_scenario("no_gain", "q?", sqlite_store, noise, backbone="challenger", settings=losing,
+                          require_gain=True)
+    assert _versions(registry, "no_gain") == 1, "the refused attempt registered nothing"
+    client = MlflowClient(registry)
+    experiment = client.get_experiment_by_name("qanchor-scenario-no_gain")
+    (refused,) = client.search_runs([experiment.experiment_id], "attributes.status = 'FAILED'")
+    assert "nothing registered" in refused.data.tags["refused"]
 
 
 def test_unknown_backbone_is_refused(registry, sqlite_store):

@@ -40,3 +40,27 @@ def test_tuning_beats_query_only_and_leaves_the_backbone_untouched(spec, travell
     assert result.metrics["val_auc"] > result.metrics["query_only_val_auc"], result.metrics
     assert 0.0 <= result.metrics["val_ks"] <= 1.0
     assert len(result.history) >= 1
+
+
+def test_a_prompt_that_loses_to_query_only_is_never_returned(spec, travellers):
+    """With a learning rate that wrecks the prompt, tuning falls back to its query-only start."""
+    features, times, classes = travellers
+    model = QAnchor.build(spec, ModelSettings(), seed=0)
+    result = tune(model, features, times, classes, "has this user paid for travel recently?",
+                  TuningSettings(tokens=4, steps=20, batch_size=32, eval_every=10, patience=1, lr=50.0))
+    assert result.chosen == "query_only", result.metrics
+    assert result.metrics["tuned_val_auc"] <= result.metrics["query_only_val_auc"]
+    assert result.metrics["val_auc"] == pytest.approx(result.metrics["query_only_val_auc"])
+    assert result.prompt.prompt is None, "the shipped state carries no soft-prompt vectors"
+    assert result.gain <= 0
+
+
+def test_a_validation_split_with_few_positives_is_flagged(spec, travellers):
+    """60 users leave 15 for validation: too few of either class to trust its AUC."""
+    features, times, classes = travellers
+    model = QAnchor.build(spec, ModelSettings(), seed=0)
+    result = tune(model, features[:60], times[:60], classes[:60], "has this user paid for travel recently?",
+                  TuningSettings(tokens=2, steps=10, batch_size=16, eval_every=5))
+    rarest = int(result.metrics["val_rarest_class_count"])
+    assert rarest < 20
+    assert result.warnings and f"only {rarest} users of its rarest class (< 20)" in result.warnings[0]

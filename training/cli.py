@@ -57,9 +57,16 @@ def promote(version: str, alias: str, name: str) -> None:
 @click.option("--backbone", default="champion", show_default=True, help="Backbone alias or version to tune on.")
 @click.option("--tokens", type=click.IntRange(0, 64), default=6, show_default=True, help="Soft-prompt vectors.")
 @click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True, help="Tuning steps (early stopping may end sooner).")
+@click.option("--require-gain", is_flag=True,
+              help="Register nothing unless the tuned prompt beats the query-only state on validation AUC.")
 def scenario_register(name: str, query: str, labels_path: Path | None, repo: Path, backbone: str, tokens: int,
-                      steps: int) -> None:
-    """Register a scenario: tuned soft prompt + prototypes with labels, query-only without."""
+                      steps: int, require_gain: bool) -> None:
+    """Register a scenario: tuned soft prompt + prototypes with labels, query-only without.
+
+    Tuning keeps the best validation state, its query-only starting point included: a prompt
+    that does not beat query-only is not shipped (the query-only state is, or nothing with
+    --require-gain).
+    """
     from feature_repo.store import UserFeatureStore
     from qanchor.user_files import read_parquet_frame
     from training.scenario_labels import ScenarioLabelError
@@ -69,13 +76,22 @@ def scenario_register(name: str, query: str, labels_path: Path | None, repo: Pat
     try:
         labels = read_parquet_frame(labels_path, "labels") if labels_path else None
         result = register_scenario(name, query, UserFeatureStore(repo), labels, backbone,
-                                   TuningSettings(tokens=tokens, steps=steps))
+                                   TuningSettings(tokens=tokens, steps=steps), require_gain=require_gain)
     except (ScenarioError, ScenarioLabelError, TrackingError) as err:
         raise click.ClickException(str(err)) from None
-    kind = "query-only (zero-shot)" if result.zero_shot else "tuned"
-    auc = "" if result.zero_shot else (f"; val AUC {result.metrics['val_auc']:.3f} "
-                                       f"(query-only {result.metrics['query_only_val_auc']:.3f})")
-    click.echo(f"registered {kind} scenario {name} v{result.version} on backbone v{result.backbone_version}{auc}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    head = f"registered scenario {name} v{result.version} on backbone v{result.backbone_version}"
+    if result.state == "zero_shot":
+        click.echo(f"{head}: query-only (zero-shot, no labels)")
+        return
+    m = result.metrics
+    if result.state == "tuned":
+        click.echo(f"{head}: tuned prompt, val AUC {m['val_auc']:.3f} (query-only {m['query_only_val_auc']:.3f}, "
+                   f"+{result.metrics['tuned_val_auc'] - m['query_only_val_auc']:.3f})")
+    else:
+        click.echo(f"{head}: query-only prototypes, val AUC {m['val_auc']:.3f}; the tuned prompt did not beat it "
+                   f"(best tuned {m['tuned_val_auc']:.3f}), so it was not shipped")
 
 
 @click.command("list")

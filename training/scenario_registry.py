@@ -6,6 +6,11 @@ A scenario version's artifact folder (`scenario/`) holds `scenario.json` (name, 
 flag, class ids, temperature, backbone version, metrics) and, for tuned scenarios,
 `prompt.safetensors` (`prompt` [k, hidden], `prototypes` [P, D], `prototype_classes` [P]). The
 registry entry is created last, after every artifact is logged: a failure leaves no version.
+
+Tuning returns the better of its best tuned state and the query-only starting point on
+validation (`TuningResult.chosen`); the version records which (`state` tag and
+`scenario.json`). With `require_gain`, a tuning that does not beat query-only registers
+nothing: its MLflow run ends FAILED with the reason, so the attempt stays auditable.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ class Registered:
     backbone_version: str
     zero_shot: bool
     metrics: dict[str, float]
+    #: "tuned", "query_only" (tuning lost to its starting point) or "zero_shot" (no labels).
+    state: str = "zero_shot"
+    warnings: tuple[str, ...] = ()
 
 
 def _check(name: str, query: str) -> None:
@@ -47,8 +55,12 @@ def _check(name: str, query: str) -> None:
 
 def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd.DataFrame | None = None,
                       backbone: str = "champion", settings: TuningSettings | None = None,
-                      min_per_class: int = 20) -> Registered:
-    """Tune (with labels) or describe (query-only) a scenario and register it beside its backbone."""
+                      min_per_class: int = 20, require_gain: bool = False) -> Registered:
+    """Tune (with labels) or describe (query-only) a scenario and register it beside its backbone.
+
+    Raises ScenarioError, registering nothing, when `require_gain` is set and the tuned
+    prompt does not beat the query-only state on validation AUC.
+    """
     settings = settings or TuningSettings()
     _check(name, query)
     try:
@@ -62,7 +74,8 @@ def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd
     model = registry.load_model(backbone_version)
     meta: dict = {"name": name, "query": query, "zero_shot": validated is None, "backbone_version": backbone_version,
                   "temperature": settings.temperature, "classes": list(validated.classes) if validated else [],
-                  "tokens": settings.tokens if validated else 0, "metrics": {}}
+                  "tokens": 0, "state": "zero_shot", "metrics": {}}
+    warnings: list[str] = []
     with tracking.mlflow.start_run(experiment_id=experiment_id) as run, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "scenario"
         folder.mkdir()
@@ -74,7 +87,15 @@ def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd
             for row in result.history:
                 tracking.mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
             tracking.mlflow.log_metrics(result.metrics)
-            meta["metrics"] = result.metrics
+            tracking.mlflow.set_tag("state", result.chosen)
+            if require_gain and result.chosen != "tuned":
+                reason = (f"tuning did not beat the query-only state on validation (best tuned AUC "
+                          f"{result.metrics['tuned_val_auc']:.3f} vs query-only {result.metrics['query_only_val_auc']:.3f}); "
+                          "nothing registered (--require-gain)")
+                tracking.mlflow.set_tag("refused", reason)
+                raise ScenarioError(reason)  # leaving the `with` ends the run FAILED
+            meta["metrics"], meta["state"], warnings = result.metrics, result.chosen, result.warnings
+            meta["tokens"] = 0 if result.prompt.prompt is None else int(result.prompt.prompt.shape[0])
             tensors = {"prototypes": result.prompt.prototypes.detach().cpu().contiguous(),
                        "prototype_classes": result.prompt.prototype_classes.cpu().contiguous()}
             if result.prompt.prompt is not None:
@@ -90,5 +111,7 @@ def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd
     except tracking.MlflowException:
         client.create_registered_model(registered_name, tags={"kind": "qanchor-scenario"})
     version = client.create_model_version(registered_name, source=source, run_id=run.info.run_id, tags={
-        "backbone_version": backbone_version, "zero_shot": str(meta["zero_shot"]).lower(), "query": query[:500]})
-    return Registered(name, str(version.version), backbone_version, meta["zero_shot"], meta["metrics"])
+        "backbone_version": backbone_version, "zero_shot": str(meta["zero_shot"]).lower(), "state": meta["state"],
+        "query": query[:500]})
+    return Registered(name, str(version.version), backbone_version, meta["zero_shot"], meta["metrics"], meta["state"],
+                      tuple(warnings))

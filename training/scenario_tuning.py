@@ -5,7 +5,11 @@ validation, embedded with the scenario query, and the prompt and prototypes are 
 prototypical contrastive loss while every backbone and encoder weight stays frozen. Validation
 AUC is checked every `eval_every` steps; the best state is kept and training stops after
 `patience` checks without improvement. The same split also scores the query-only version
-(no prompt, prototypes from k-means alone), so each registration says what tuning bought.
+(no prompt, prototypes from k-means alone), the starting point of tuning and one of the
+candidate states: when no tuned state beats it on validation, the query-only state is what
+tuning returns (`TuningResult.chosen`), so a registration can never ship a prompt worse than
+not tuning at all. A validation split with fewer than `MIN_VAL_POSITIVES` users of its rarest
+class cannot tell the two apart, and the result says so (`TuningResult.warnings`).
 
 The frozen model makes each user's prefix KV a constant, so it is encoded once per tuning run
 (`EmbeddingEngine`) and every step runs only the suffix positions forward and backward.
@@ -33,6 +37,10 @@ if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these ru
     from feature_repo.store import UserFeatureStore
 
 
+#: Below this many validation users of the rarest class, a validation AUC is mostly noise.
+MIN_VAL_POSITIVES = 20
+
+
 class TuningSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -50,9 +58,22 @@ class TuningSettings(BaseModel):
 
 @dataclass
 class TuningResult:
+    """What tuning returns: the state to register and how it compares with the query-only one.
+
+    `chosen` is "tuned" when the best tuned state beat query-only on validation AUC, else
+    "query_only" (then `prompt` carries no soft-prompt vectors, only the k-means prototypes).
+    """
+
     prompt: ScenarioPrompt
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
+    chosen: str = "tuned"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def gain(self) -> float:
+        """Validation AUC of the best tuned state minus the query-only one."""
+        return self.metrics["tuned_val_auc"] - self.metrics["query_only_val_auc"]
 
 
 def _embed(engine: EmbeddingEngine, prefixes: PrefixBatch, rows: np.ndarray, suffix: Suffix,
@@ -133,11 +154,21 @@ def tune(model: QAnchor, users: list[UserFeatures], times: list[int], classes: n
                 stale += 1
                 if stale >= settings.patience:
                     break
-    prompt.load_state_dict(best_state)
-    with torch.no_grad():
-        final_train = _embed(engine, prefixes, train, prompted)
-        final_val = _embed(engine, prefixes, val, prompted)
+    metrics["tuned_val_auc"] = best
+    metrics["steps_run"] = float(history[-1]["step"])
+    chosen = "tuned" if best > metrics["query_only_val_auc"] else "query_only"
+    if chosen == "tuned":
+        prompt.load_state_dict(best_state)
+        with torch.no_grad():
+            final_train = _embed(engine, prefixes, train, prompted)
+            final_val = _embed(engine, prefixes, val, prompted)
+    else:
+        prompt, final_train, final_val = query_only, zero_train, zero_val
     metrics.update({f"train_{k}": v for k, v in evaluate(classes[train], _scores(prompt, final_train, settings.temperature)).items()})
     metrics.update({f"val_{k}": v for k, v in evaluate(y_val, _scores(prompt, final_val, settings.temperature)).items()})
-    metrics["steps_run"] = float(history[-1]["step"])
-    return TuningResult(prompt=prompt, metrics=metrics, history=history)
+    rarest = int(np.bincount(y_val).min())
+    metrics["val_rarest_class_count"] = float(rarest)
+    warnings = [] if rarest >= MIN_VAL_POSITIVES else [
+        f"the validation split has only {rarest} users of its rarest class (< {MIN_VAL_POSITIVES}): its AUC "
+        "cannot reliably tell the tuned prompt from query-only; label more users"]
+    return TuningResult(prompt=prompt, metrics=metrics, history=history, chosen=chosen, warnings=warnings)

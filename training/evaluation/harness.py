@@ -244,7 +244,8 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
             bar.set_postfix(task=task)
             result = tune(model, [users[r] for r in fit_rows], [times[r] for r in fit_rows], y[fit_rows],
                           queries[1 + i], tuning, split=split)
-            tuned = query_embeddings(model, users, times, [queries[1 + i]], result.prompt.prompt.detach(),
+            soft = result.prompt.prompt
+            tuned = query_embeddings(model, users, times, [queries[1 + i]], None if soft is None else soft.detach(),
                                      settings.batch_size)[:, 0]
             scores["qanchor_prompt"][task] = logistic_probe(tuned, y, parts, settings.seed).test_scores
             with torch.no_grad():
