@@ -39,6 +39,7 @@ from feature_repo.objects import PROFILE_VIEW
 from monitoring.validation import (
     DataValidationError,
     ValidationReport,
+    profile_counts,
     profile_expectations,
     validate_events,
     validate_frame,
@@ -141,6 +142,7 @@ def _validate_profiles(config: ImportConfig) -> tuple[pd.DataFrame, ValidationRe
     dataset = _dataset(config.profiles, "profiles")
     frame = _normalise_times(dataset.to_table().to_pandas(), "updated_at")
     report = validate_frame(frame, profile_expectations(config.spec, frame, config.as_of), "profiles")
+    report.counts.update(profile_counts(config.spec, frame))
     return frame, report
 
 
@@ -259,12 +261,17 @@ def build_history(events: pd.DataFrame, users: np.ndarray, spec: ModalitySpec, m
 
 
 def _profile_table(profiles: pd.DataFrame, config: ImportConfig) -> pa.Table:
-    frame = profiles[["user_id", *[f.name for f in config.spec.profile.fields]]].copy()
-    stamp = profiles["updated_at"] if "updated_at" in profiles else config.window.start
-    frame.insert(1, "event_timestamp", stamp)
+    """The profile source: one row per profile user; a missing (nullable) field is a null, never NaN or "None"."""
+    stamp = profiles["updated_at"] if "updated_at" in profiles else pd.Series(config.window.start, index=profiles.index)
+    columns = {"user_id": pa.array(profiles["user_id"].astype(str), type=pa.string()),
+               "event_timestamp": pa.array(pd.to_datetime(stamp, utc=True), type=pa.timestamp("us", tz="UTC"))}
+    types = {"int": pa.int64(), "float": pa.float64(), "category": pa.string()}
     for f in config.spec.profile.fields:
-        frame[f.name] = frame[f.name].astype({"int": "int64", "float": "float64", "category": "str"}[f.type])
-    return pa.Table.from_pandas(frame, preserve_index=False)
+        values = profiles[f.name]
+        if f.type == "category":
+            values = values.map(lambda v: None if pd.isna(v) else str(v))
+        columns[f.name] = pa.array(values, type=types[f.type], from_pandas=True)
+    return pa.table(columns)
 
 
 def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = True) -> ImportSummary:
@@ -283,13 +290,15 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
         created = pd.Timestamp.now(tz="UTC")
         rows: dict[str, int] = {}
         profile_buckets = _bucket_of(profiles["user_id"], buckets)
+        without_profile = 0
         for b in tqdm(range(buckets), desc="build snapshots", unit="bucket", disable=not progress):
             bucket_dir = staging / "buckets" / f"b{b:05d}"
             events = pd.read_parquet(bucket_dir) if bucket_dir.exists() else pd.DataFrame(
                 columns=["user_id", "event_time", "modality", "text", *config.spec.numeric_columns])
             events = _normalise_times(events, "event_time")
-            users = np.union1d(profiles.loc[profile_buckets == b, "user_id"].astype(str).to_numpy(),
-                               events["user_id"].astype(str).unique()).astype(object)
+            with_profile = profiles.loc[profile_buckets == b, "user_id"].astype(str).to_numpy()
+            users = np.union1d(with_profile, events["user_id"].astype(str).unique()).astype(object)
+            without_profile += len(users) - len(with_profile)
             for modality in config.spec.event_modalities:
                 tables = {modality.name: [build_snapshots(events, users, modality, s) for s in config.snapshot_times]}
                 if modality.history_kinds:
@@ -305,6 +314,7 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
         (staging / "features" / PROFILE_VIEW).mkdir(parents=True)
         pq.write_table(_profile_table(profiles, config), staging / "features" / PROFILE_VIEW / "part-00000.parquet")
         rows[PROFILE_VIEW] = len(profiles)
+        profile_report.counts["users_without_profile_row"] = without_profile
         version = _feature_version(config, files + list(_dataset(config.profiles, "profiles").files))
         manifest = {
             "spec": json.loads(config.spec.model_dump_json()),
@@ -315,7 +325,7 @@ def import_data(config: ImportConfig, overwrite: bool = False, progress: bool = 
             "created": created.isoformat(),
             "rows": rows,
             "events": total,
-            "users": int(profiles["user_id"].nunique()),
+            "users": int(profiles["user_id"].nunique()) + without_profile,
             "validation": [r.to_dict() for r in reports],
         }
         (staging / "features" / DATA_MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -185,6 +185,11 @@ class UserFeatureStore:
                 f"(e.g. {example}): those rows are older than every snapshot (oldest feature data: "
                 f"{max(self.settings.snapshot_days)} days before {self.settings.as_of}) or their users are unknown; "
                 "move those rows later, drop them or re-import")
+        # pandas turns a missing profile value (a nullable field, or a user without a profile
+        # row) into NaN; the core reads missing as None, and keeps NaN for what it is: bad data.
+        profile_columns = [f"{PROFILE_VIEW}__{f.name}" for f in (self.spec.profile.fields if self.spec.profile else ())]
+        for column in profile_columns:
+            rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
         return rows
 
     def features_at(self, user_ids: list[str], times: list[pd.Timestamp]) -> list[UserFeatures]:
@@ -196,8 +201,11 @@ class UserFeatureStore:
         return [by_key[k] for k in zip(entities["user_id"], entities["event_timestamp"])]
 
     def known_users(self) -> set[str]:
-        """Every user with a profile row in the offline sources (who can be labelled and served)."""
-        return set(pd.read_parquet(self.settings.data / PROFILE_VIEW, columns=["user_id"])["user_id"])
+        """Every imported user (who can be labelled and served): import writes a snapshot row for
+        each user with events or a profile row into every event view, and profiles into theirs."""
+        views = [PROFILE_VIEW, *(m.name for m in self.spec.event_modalities[:1])]
+        return set().union(*(pd.read_parquet(self.settings.data / view, columns=["user_id"])["user_id"] for view in views
+                             if (self.settings.data / view).exists()))
 
     def label_window(self) -> tuple[pd.Timestamp, pd.Timestamp, timedelta]:
         """(oldest snapshot, newest snapshot, event-view TTL): when a label can find features."""

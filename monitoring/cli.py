@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from monitoring.validation import profile_expectations, validate_events, validate_frame
+from monitoring.validation import profile_counts, profile_expectations, validate_events, validate_frame
 from qanchor.event_window import SnapshotSchedule
 from qanchor.modality_spec import ModalitySpecError, load_spec
 from qanchor.user_files import read_parquet_frame
@@ -49,8 +49,14 @@ def validate(events: Path | None, profiles: Path | None, spec_path: Path | None,
         events_report.require_rows_in_window()
         reports.append(events_report)
     if profiles is not None:
-        frame = read_parquet_frame(profiles, "profiles")
-        reports.append(validate_frame(frame, profile_expectations(spec, frame, end), "profiles"))
+        profile_frame = read_parquet_frame(profiles, "profiles")
+        profiles_report = validate_frame(profile_frame, profile_expectations(spec, profile_frame, end), "profiles")
+        profiles_report.counts.update(profile_counts(spec, profile_frame))
+        if events is not None and "user_id" in frame.columns and "user_id" in profile_frame.columns:
+            kept = frame.loc[~window.stale(frame["event_time"]), "user_id"] if "event_time" in frame.columns else frame["user_id"]
+            profiles_report.counts["users_without_profile_row"] = int(
+                (~pd.Series(kept.unique()).isin(set(profile_frame["user_id"]))).sum())
+        reports.append(profiles_report)
     if not reports:
         raise click.UsageError("give --events and/or --profiles")
     for r in reports:

@@ -68,6 +68,9 @@ class ValidationReport:
     #: Rows left out on purpose (events older than the window), counted so nothing vanishes silently.
     skipped: int = 0
     window: str = ""
+    #: Facts worth a line that are not failures: missing values of nullable profile fields,
+    #: users with events but no profile row.
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -77,6 +80,8 @@ class ValidationReport:
         """Fold another batch of the same table in, summing offending rows per expectation."""
         self.rows += other.rows
         self.skipped += other.skipped
+        for key, value in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + value
         self.window = self.window or other.window
         self.evaluated = max(self.evaluated, other.evaluated)
         index = {(f.expectation, f.column, f.detail, f.checked): i for i, f in enumerate(self.failures)}
@@ -101,14 +106,16 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {"table": self.table, "rows": self.rows, "skipped": self.skipped, "window": self.window,
+                "counts": dict(self.counts),
                 "expectations": self.evaluated, "success": self.success,
                 "failures": [{**asdict(f), "examples": list(f.examples)} for f in self.failures]}
 
     def summary(self) -> str:
         skipped = f" ({self.skipped} older than the window {self.window}, skipped)" if self.skipped else ""
         head = f"{self.table}: {self.rows} rows{skipped}, {self.evaluated} expectations, "
+        counts = "".join(f"; {value} {key.replace('_', ' ')}" for key, value in self.counts.items() if value)
         if self.success:
-            return head + "all passed"
+            return head + "all passed" + counts
         return head + f"{len(self.failures)} failed\n" + "\n".join(f"  - {f}" for f in self.failures)
 
 
@@ -189,6 +196,13 @@ def event_expectations(spec: ModalitySpec, frame: pd.DataFrame, window: EventWin
     return exps
 
 
+def profile_counts(spec: ModalitySpec, frame: pd.DataFrame) -> dict[str, int]:
+    """Missing values per nullable profile field (what a sparse export looks like)."""
+    fields = spec.profile.fields if spec.profile is not None else ()
+    return {f"rows_missing_{f.name}": int(frame[f.name].isna().sum())
+            for f in fields if f.nullable and f.name in frame.columns}
+
+
 def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame, as_of: datetime | None = None) -> list:
     """Expectations for the profile table: one row per user, every spec field present and in range,
     and (when given) no `updated_at` after `as_of`."""
@@ -208,7 +222,8 @@ def profile_expectations(spec: ModalitySpec, frame: pd.DataFrame, as_of: datetim
         exps.append(E.ExpectColumnToExist(column=f.name))
         if f.name not in cols:
             continue
-        exps.append(E.ExpectColumnValuesToNotBeNull(column=f.name))
+        if not f.nullable:
+            exps.append(E.ExpectColumnValuesToNotBeNull(column=f.name))
         if f.type == "category":
             exps.append(E.ExpectColumnValuesToBeInSet(column=f.name, value_set=list(f.values or ())))
         elif _kind(frame[f.name]) == "number":

@@ -53,13 +53,20 @@ class NumericField(_Strict):
 
 
 class ProfileField(_Strict):
-    """One profile attribute. Ranges and category values are enforced on import."""
+    """One profile attribute. Ranges and category values are enforced on import.
+
+    A `nullable` field may be missing in a profile row (real profiles are sparse: often only
+    a third of users state their demographics). The model then reads "<field>: not provided",
+    an explicit token, rather than a made-up category; a user with no profile row at all reads
+    that for every field.
+    """
 
     name: Name
     type: Literal["int", "float", "category"]
     min: float | None = None
     max: float | None = None
     values: tuple[str, ...] | None = None
+    nullable: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> ProfileField:

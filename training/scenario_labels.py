@@ -6,7 +6,7 @@ and reported at once, so a business unit fixes its file in one round trip:
 
 - missing columns, null or duplicate users, null labels;
 - fewer than `min_per_class` users in some class (the positives, for a binary task);
-- users the feature store does not know (no profile row);
+- users the feature store does not know (imported with neither events nor a profile row);
 - a label time with no usable features: before the oldest snapshot, or later than the
   newest snapshot plus the feature views' TTL.
 """

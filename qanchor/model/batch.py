@@ -1,7 +1,7 @@
 """Collate `UserFeatures` into the tensors the hierarchical encoder reads.
 
 Per modality (spec order; the profile counts as a modality whose "events" are its fields
-rendered "name: value"): text-embedding row ids, signed-log numeric fields, time features
+rendered "name: value", or "name: not provided" when missing): text-embedding row ids, signed-log numeric fields, time features
 (recency within the window, hour of day as sin/cos) and a mask. Padding is id 0 / mask False.
 
 Per modality with a history (under `history_key(name)`): one row per event kind with its
@@ -17,10 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from qanchor.features import ModalityHistory, UserFeatures
-from qanchor.modality_spec import EventModality, ModalitySpec
+from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality
 from qanchor.model.text_encoder import TextEmbeddingCache
 
 TIME_FEATURES = 3
+#: What a missing profile field reads as: explicit, and never one of a field's own categories.
+MISSING_PROFILE_VALUE = "not provided"
+
+
+def profile_texts(modality: ProfileModality, profile: dict) -> list[str]:
+    """One "name: value" text per profile field, in spec order; missing fields say so."""
+    return [f"{f.name.replace('_', ' ')}: {MISSING_PROFILE_VALUE if profile.get(f.name) is None else profile[f.name]}"
+            for f in modality.fields]
 
 
 @dataclass
@@ -72,8 +80,7 @@ def collate_users(users: list[UserFeatures], reference_times: list[int], spec: M
                 times = [[(ref - t) / window, math.sin(2 * math.pi * (t % 86_400) / 86_400),
                           math.cos(2 * math.pi * (t % 86_400) / 86_400)] for t in events.times[keep]]
             else:
-                texts = [f"{f.name.replace('_', ' ')}: {user.profile[f.name]}" for f in modality.fields
-                         if user.profile.get(f.name) is not None]
+                texts = profile_texts(modality, user.profile)
                 nums, times = [[] for _ in texts], [[0.0] * TIME_FEATURES for _ in texts]
             rows_text.append(texts)
             rows_num.append(nums)

@@ -76,15 +76,18 @@ class AggregateFeaturizer:
         return row
 
     def _typed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Strings become pandas categories with a fixed vocabulary (LightGBM's categorical input)."""
+        """Kinds and category fields become pandas categories with a fixed vocabulary (LightGBM's
+        categorical input); numeric profile fields stay numeric with NaN where missing."""
+        fields = {f"profile_{f.name}": f for f in (self.spec.profile.fields if self.spec.profile else ())}
         for column in frame.columns:
-            if frame[column].dtype == object:
-                if column.endswith("_top_kind"):
-                    categories = [*self.kinds[column.removesuffix("_top_kind")], "other"]
-                else:
-                    field = next(f for f in self.spec.profile.fields if f"profile_{f.name}" == column)
-                    categories = list(field.values or [])
+            if column.endswith("_top_kind"):
+                categories = [*self.kinds[column.removesuffix("_top_kind")], "other"]
                 frame[column] = pd.Categorical(frame[column], categories=categories)
+            elif column in fields and fields[column].type == "category":
+                # a missing (nullable) field stays missing: LightGBM routes NaN on its own
+                frame[column] = pd.Categorical(frame[column], categories=list(fields[column].values))
+            elif column in fields:
+                frame[column] = pd.to_numeric(frame[column], errors="coerce")
         return frame
 
 
