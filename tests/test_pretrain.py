@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -85,6 +88,46 @@ def test_run_is_tracked_in_mlflow(trained):
         assert metric in run.data.metrics
     history = MlflowClient(cfg.tracking.uri).get_metric_history(summary["run_id"], "loss")
     assert len(history) == STEPS // 3
+
+
+def test_registered_backbone_loads_in_a_fresh_process_without_unpickling(trained, sqlite_store, dataset, tmp_path):
+    """Logged as models-from-code: the MLmodel names a code file, the model holds no pickle, and
+    `mlflow.pyfunc.load_model` in a new interpreter, with pickle loading forbidden, embeds a user
+    exactly as the saved folder does."""
+    cfg, summary = trained
+    client = MlflowClient(cfg.tracking.uri)
+    version = client.get_model_version_by_alias("qanchor-backbone", "challenger")
+    local_copy = Path(mlflow.artifacts.download_artifacts(f"models:/qanchor-backbone/{version.version}",
+                                                          dst_path=str(tmp_path / "model"),
+                                                          tracking_uri=cfg.tracking.uri))
+    flavor = yaml.safe_load((local_copy / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor.get("model_code_path") and "python_model" not in flavor
+    assert not list(local_copy.rglob("*.pkl")), "no pickled PythonModel is logged"
+
+    user_id = pd.read_parquet(dataset / "profiles")["user_id"].iloc[0]
+    (tmp_path / "row.json").write_text(json.dumps(sqlite_store.online_rows([user_id])[0]))
+    ref = int(pd.Timestamp(AS_OF).timestamp())
+    query = "will this user repay late?"
+    script = f"""
+import json, pickle
+import cloudpickle
+def refuse(*args, **kwargs):
+    raise AssertionError("loading the backbone unpickled bytes")
+pickle.load = pickle.loads = cloudpickle.load = cloudpickle.loads = refuse
+import mlflow, pandas as pd
+mlflow.set_tracking_uri({cfg.tracking.uri!r})
+model = mlflow.pyfunc.load_model("models:/qanchor-backbone@challenger")
+row = open({str(tmp_path / "row.json")!r}).read()
+out = model.predict(pd.DataFrame({{"user_id": [{user_id!r}], "features": [row], "query": [{query!r}],
+                                   "reference_time": [{ref}]}}))
+print("EMBEDDING", json.dumps(out["embedding"][0]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("EMBEDDING ")]
+    (user,) = sqlite_store.online([user_id])
+    local = QAnchor.from_pretrained(summary["model_dir"]).embed(user, [query], reference_time=ref)[0, 0]
+    assert json.loads(line.removeprefix("EMBEDDING ")) == pytest.approx(local.tolist(), abs=1e-6)
 
 
 def test_registered_challenger_loads_by_alias_with_identical_embeddings(trained, sqlite_store, dataset, monkeypatch):

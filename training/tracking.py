@@ -6,7 +6,6 @@ Naming (DESIGN.md): experiment `qanchor-pretrain`. Tracking URI: `MLFLOW_TRACKIN
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 PRETRAIN_EXPERIMENT = "qanchor-pretrain"
-MODEL_ARTIFACT = "qanchor"
+MODEL_ARTIFACT = "qanchor"  # the artifact name backbone_pyfunc.py reads
 
 
 class TrackingError(RuntimeError):
@@ -50,34 +49,13 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
         raise TrackingError(f"tracking URI {uri}: {err.message}") from None
 
 
-class QAnchorPyfunc(mlflow.pyfunc.PythonModel):
-    """`predict` takes rows of (features JSON, query[, reference_time]) and returns embeddings."""
-
-    def load_context(self, context) -> None:
-        from qanchor.model import QAnchor
-
-        self.model = QAnchor.from_pretrained(context.artifacts[MODEL_ARTIFACT])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from qanchor.features import UserFeatures
-
-        missing = {"features", "query"} - set(model_input.columns)
-        if missing:
-            raise ValueError(f"model input lacks columns {sorted(missing)}")
-        vectors = []
-        for row in model_input.to_dict("records"):
-            features = UserFeatures.from_row(row.get("user_id", ""), json.loads(row["features"]), self.model.spec)
-            ref = row.get("reference_time")
-            vectors.append(self.model.embed(features, [row["query"]], reference_time=None if pd.isna(ref) else int(ref))[0, 0].tolist())
-        return pd.DataFrame({"embedding": vectors})
-
-
 def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
-    """Log the saved model as a pyfunc inside the active run; returns its model URI."""
+    """Log the saved model as a models-from-code pyfunc (`training/backbone_pyfunc.py`, no pickle)
+    inside the active run; returns its model URI."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, pd.DataFrame({"embedding": [[0.0]]}))
-    info = mlflow.pyfunc.log_model(name="model", python_model=QAnchorPyfunc(),
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("backbone_pyfunc.py")),
                                    artifacts={MODEL_ARTIFACT: str(model_dir)}, signature=signature,
                                    input_example=None)
     return info.model_uri
