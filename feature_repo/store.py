@@ -13,8 +13,11 @@ Reads return `qanchor.features.UserFeatures`-ready flat rows, so no Feast type l
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import warnings
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
@@ -27,6 +30,9 @@ import pyarrow as pa
 import yaml
 
 os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: no network at run time
+# Feast's DuckDB offline store goes through ibis, which calls a DuckDB method DuckDB deprecated:
+# nothing a user of this project can act on, so it is not shown.
+warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
 from feast import FeatureStore  # noqa: E402
 
@@ -163,7 +169,8 @@ class UserFeatureStore:
         # Reach back as far as the longest TTL (the profile's) so slowly-changing rows load too;
         # Feast keeps only the newest row per user and view anyway.
         start = as_of - timedelta(days=PROFILE_TTL_DAYS)
-        self._store.materialize(start_date=start, end_date=end or as_of + timedelta(seconds=1))
+        with contextlib.redirect_stdout(io.StringIO()):  # Feast prints a coloured line per view; callers report
+            self._store.materialize(start_date=start, end_date=end or as_of + timedelta(seconds=1))
 
     def historical(self, entity_df: pd.DataFrame) -> pd.DataFrame:
         """Point-in-time join: `entity_df` needs `user_id` and `event_timestamp` (UTC)."""

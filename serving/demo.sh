@@ -22,6 +22,6 @@ set -x
 curl -s "$BASE/scenarios"; echo
 curl -s -X POST "$BASE/embed" -H 'Content-Type: application/json' \
   -d "{\"user_ids\": [\"$USER\"], \"scenarios\": [\"travel_booking\", \"will this user apply for a loan?\"]}" | cut -c1-400; echo
-curl -s -X POST "$BASE/score" -H 'Content-Type: application/json' -d "{\"user_ids\": [\"$USER\"], \"scenarios\": [\"travel_booking\"]}"; echo
+curl -s -X POST "$BASE/score" -H 'Content-Type: application/json' -d "{\"user_ids\": [\"$USER\"], \"scenarios\": [\"travel_booking\", \"cash_advance\"]}"; echo
 curl -s -X POST "$BASE/embed" -H 'Content-Type: application/json' -d '{"user_ids": ["nobody"], "scenarios": ["travel_booking"]}'; echo
 curl -s "$BASE/metrics" | grep '^qanchor_prefix_cache'

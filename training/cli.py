@@ -101,7 +101,7 @@ def scenario_list(include_archived: bool) -> None:
     from training.registry import list_scenarios
 
     for row in list_scenarios(include_archived):
-        flags = ("zero-shot" if row.zero_shot else "tuned") + (", archived" if row.archived else "")
+        flags = row.state.replace("_", "-") + (", archived" if row.archived else "")
         click.echo(f"{row.name:<24} v{row.version:<4} backbone v{row.backbone_version:<4} {flags:<18} {row.query}")
 
 

@@ -13,6 +13,8 @@ Registration is all-or-nothing: a version whose alias or tags cannot be set is d
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -43,6 +45,9 @@ class ScenarioVersion:
     zero_shot: bool
     query: str
     archived: bool
+    #: "tuned", "query_only" (tuning lost to its start) or "zero_shot"; versions registered
+    #: before the state tag existed read "tuned" or "zero_shot" from their zero-shot flag.
+    state: str = ""
 
 
 def client() -> MlflowClient:
@@ -58,7 +63,8 @@ def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str],
     `on_version(version)` runs before the alias moves (e.g. applying the version's Feast feature
     service) and returns more tags; if it fails, the version is deleted and nothing points at it."""
     registry = client()
-    version = mlflow.register_model(model_uri, name).version
+    with contextlib.redirect_stderr(io.StringIO()):  # "Created version '2' of model ...": the caller reports it
+        version = mlflow.register_model(model_uri, name).version
     try:
         if on_version is not None:
             tags = {**tags, **on_version(str(version))}
@@ -114,7 +120,8 @@ def list_scenarios(include_archived: bool = False) -> list[ScenarioVersion]:
                 continue
             rows.append(ScenarioVersion(model.name.removeprefix(SCENARIO_PREFIX), str(v.version),
                                         str(v.tags.get("backbone_version")), v.tags.get("zero_shot") == "true",
-                                        v.tags.get("query", ""), archived))
+                                        v.tags.get("query", ""), archived,
+                                        v.tags.get("state") or ("zero_shot" if v.tags.get("zero_shot") == "true" else "tuned")))
     return sorted(rows, key=lambda r: (r.name, int(r.version)))
 
 

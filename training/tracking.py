@@ -2,16 +2,27 @@
 
 Naming (DESIGN.md): experiment `qanchor-pretrain`. Tracking URI: `MLFLOW_TRACKING_URI`, else
 `sqlite:///mlruns.db`.
+
+This is where MLflow enters the process, so this is where its chatter is turned down: INFO
+logs (system-metrics monitor start/stop, database set-up), the artifact download bars and
+the SQLAlchemy deprecation warning its tracking store triggers. Warnings and errors still
+show; a user who wants the INFO lines sets `MLFLOW_LOGGING_LEVEL=INFO`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated", module=r"mlflow\.")
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
@@ -54,8 +65,13 @@ def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
     inside the active run; returns its model URI."""
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, pd.DataFrame({"embedding": [[0.0]]}))
-    info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("backbone_pyfunc.py")),
-                                   artifacts={MODEL_ARTIFACT: str(model_dir)}, signature=signature,
-                                   input_example=None)
+    with warnings.catch_warnings():
+        # The signature is inferred from a real row (its integer reference_time is intended), and
+        # an input example would make MLflow load and run the model once more at log time.
+        warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer column")
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+        signature = infer_signature(example, pd.DataFrame({"embedding": [[0.0]]}))
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("backbone_pyfunc.py")),
+                                       artifacts={MODEL_ARTIFACT: str(model_dir)}, signature=signature,
+                                       input_example=None)
     return info.model_uri

@@ -60,7 +60,9 @@ class TextEmbeddingCache:
     def _tokenizer_and_model(self) -> tuple:
         if self._encoder is None:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
 
+            transformers_logging.disable_progress_bar()  # a 100 ms "Loading weights" bar inside every command's own bar
             path = self._model_dir or minilm_path()
             self._encoder = (AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval().to(self._device))
         return self._encoder
@@ -74,16 +76,23 @@ class TextEmbeddingCache:
 
         Event texts are short (64 tokens); longer documents may pass up to MiniLM's 256.
         """
-        out = []
-        tokenizer, model = self._tokenizer_and_model() if texts else (None, None)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        tokenizer, model = self._tokenizer_and_model()
+        # Batches of similar length: a batch pads to its longest text, so mixing a 30-token
+        # profile with 256-token histories would spend most of the work on padding.
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), self._batch_size):
-            chunk = texts[start:start + self._batch_size]
-            enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(self._device)
+            rows = order[start:start + self._batch_size]
+            enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(self._device)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        return out
 
     def ids(self, texts: list[str]) -> list[int]:
         """Row index per text, encoding only texts never seen before."""
