@@ -7,15 +7,21 @@ the registry always holds exactly one version of the truth.
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.data_format import ParquetFormat
-from feast.feature_logging import LoggingConfig
-from feast.infra.offline_stores.file_source import FileLoggingDestination
-from feast.types import Array, Float32, Float64, Int64, String
+os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: no network at run time
+# Feast's modules call `warnings.simplefilter("once", DeprecationWarning)` when imported, which
+# would override every warning filter the process set before; catch_warnings undoes that.
+with warnings.catch_warnings():
+    from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+    from feast.data_format import ParquetFormat
+    from feast.feature_logging import LoggingConfig
+    from feast.infra.offline_stores.file_source import FileLoggingDestination
+    from feast.types import Array, Float32, Float64, Int64, String
 
 from feature_repo.layout import DATA_MANIFEST, SETTINGS_FILE, repo_settings
 from qanchor.features import INT, LIST_OF_FLOATS, LIST_OF_INTS, LIST_OF_STRINGS, history_columns, history_view_name

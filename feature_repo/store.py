@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -29,17 +28,11 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
-os.environ.setdefault("FEAST_USAGE", "False")  # no telemetry: no network at run time
 # Feast's DuckDB offline store goes through ibis, which calls a DuckDB method DuckDB deprecated:
 # nothing a user of this project can act on, so it is not shown.
 warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
 
-from feast import FeatureStore  # noqa: E402
-
-from feast.data_source import PushMode  # noqa: E402
-from feast.online_response import TIMESTAMP_POSTFIX  # noqa: E402
-
-from feature_repo.objects import (  # noqa: E402
+from feature_repo.objects import (  # noqa: E402  (first: it imports Feast without Feast's warning filters)
     EMBEDDING_PUSH_SOURCE,
     EMBEDDING_VIEW,
     FEATURE_SERVICE,
@@ -53,6 +46,9 @@ from feature_repo.objects import (  # noqa: E402
     update_settings,
 )
 from feature_repo.layout import SETTINGS_FILE, require_imported_features  # noqa: E402
+from feast import FeatureStore  # noqa: E402
+from feast.data_source import PushMode  # noqa: E402
+from feast.online_response import TIMESTAMP_POSTFIX  # noqa: E402
 from qanchor.features import UserFeatures  # noqa: E402
 
 #: Feast's FieldStatus values, as written into feature logs.
