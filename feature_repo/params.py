@@ -1,7 +1,8 @@
-"""Click parameter types for the folders the Feast boundary owns."""
+"""Click parameter types for the folders the Feast boundary owns, checked before any heavy import."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -9,38 +10,24 @@ import click
 from feature_repo.layout import FeatureRepoError, repo_settings, require_imported_features
 
 
-class FeatureRepoPath(click.Path):
-    """An existing Q-Anchor feature repository (written by `qanchor features apply`)."""
+class CheckedFolder(click.Path):
+    """An existing folder that `check` accepts; a FeatureRepoError becomes a usage error (exit 2)."""
 
-    name = "repo"
-
-    def __init__(self) -> None:
+    def __init__(self, name: str, check: Callable[[Path], object]) -> None:
         super().__init__(exists=True, file_okay=False, path_type=Path)
+        self.name = name
+        self._check = check
 
     def convert(self, value, param, ctx) -> Path:
         path = super().convert(value, param, ctx)
         try:
-            repo_settings(path)
+            self._check(path)
         except FeatureRepoError as err:
             self.fail(str(err), param, ctx)
         return path
 
 
-class ImportedFeaturesPath(click.Path):
-    """An existing feature directory written by `qanchor data import --out`."""
-
-    name = "data"
-
-    def __init__(self) -> None:
-        super().__init__(exists=True, file_okay=False, path_type=Path)
-
-    def convert(self, value, param, ctx) -> Path:
-        path = super().convert(value, param, ctx)
-        try:
-            return require_imported_features(path)
-        except FeatureRepoError as err:
-            self.fail(str(err), param, ctx)
-
-
-FEATURE_REPO = FeatureRepoPath()
-IMPORTED_FEATURES = ImportedFeaturesPath()
+#: A Q-Anchor feature repository (written by `qanchor features apply`).
+FEATURE_REPO = CheckedFolder("repo", repo_settings)
+#: A feature directory written by `qanchor data import --out`.
+IMPORTED_FEATURES = CheckedFolder("data", require_imported_features)
