@@ -132,3 +132,35 @@ def scenario_archive(name: str, version: str) -> None:
     except (ScenarioError, TrackingError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"archived {name} v{version}")
+
+
+@click.command("corpus")
+@click.option("--repo", type=FEATURE_REPO, required=True, help="Feast repository holding the imported logs.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for d_future/, d_uqa/ and splits/ (the `data.dataset` of a pretraining config).")
+@click.option("--horizon-days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Days D_future looks ahead: two import snapshots this far apart must exist.")
+@click.option("--questions-per-snapshot", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Grounded D_uqa questions per user and snapshot.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds data.")
+def corpus(repo: Path, out: Path, horizon_days: int, questions_per_snapshot: int, seed: int, overwrite: bool) -> None:
+    """Derive the pretraining corpus (D_future, D_uqa, splits) from the imported logs of any spec.
+
+    Everything comes from the store's snapshots, so no event at or after the import's
+    as-of time enters; see docs/data.md for the three tables' schema.
+    """
+    from feature_repo.store import UserFeatureStore
+    from training.corpus import CorpusError, CorpusSettings, build_corpus, write_corpus
+
+    store = UserFeatureStore(repo)
+    settings = CorpusSettings(horizon_days=horizon_days, questions_per_snapshot=questions_per_snapshot, seed=seed)
+    try:
+        built = build_corpus(store, settings)
+        rows = write_corpus(built, out, {"repo": str(repo.resolve()), "feature_version": store.feature_version,
+                                         "as_of": store.settings.as_of, "settings": settings.model_dump()},
+                            overwrite=overwrite)
+    except (CorpusError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {rows['d_future']} D_future, {rows['d_uqa']} D_uqa rows and splits of {rows['splits']} users "
+               f"to {out}")
