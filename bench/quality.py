@@ -58,7 +58,6 @@ from qanchor.model.text_encoder import TextEmbeddingCache  # noqa: E402
 from training.data import Example, build_examples  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
 from training.evaluation.harness import (  # noqa: E402
-    TASK_NAMES,
     EvaluationSettings,
     evaluate,
     paired_difference,
@@ -259,7 +258,7 @@ def main() -> None:
         population = load_population(store, args.dataset, args.max_users)
         pool = min(train_examples(args.dataset), args.pretrain_examples or args.steps * base.optim.batch_size)
         cache = TextEmbeddingCache()
-        labels = task_labels(population, list(TASK_NAMES))
+        labels = task_labels(population, population.tasks.names)
         start = time.perf_counter()
         bundle = Bundle(store.spec, build_examples(store, args.dataset, "train", base.data.future_ratio, pool, base.seed,
                                                    args.pretrain_users),
@@ -311,7 +310,7 @@ def main() -> None:
     if "full" in results:
         rows.extend(versus_full(results, args.resamples))
 
-    sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in TASK_NAMES]
+    sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in bundle.population.tasks.names]
     for tokens in [int(t) for t in args.sweep.split(",") if t]:
         start = time.perf_counter()
         settings = EvaluationSettings(tasks=sweep_tasks, baselines=False, paraphrases=False, tokens=tokens,

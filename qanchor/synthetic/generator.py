@@ -10,6 +10,7 @@ Output layout (each table is a directory of `part-NNNNN.parquet` files, one per 
     d_uqa/          (user, query_time, topic, question, answer) grounded Q&A
     splits/         user -> train | val | test
     manifest.json   config, row counts, observed positive rates, task definitions
+    tasks.yaml      the tasks as data (query, paraphrase, label column) for `qanchor evaluate`
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from tqdm.auto import tqdm
 
 from qanchor.synthetic.events import generate_window
 from qanchor.synthetic.habits import habit_events
-from qanchor.synthetic.future_summary import summarise_future
+from qanchor.synthetic.future_summary import FUTURE_QUERY, summarise_future
 from qanchor.synthetic.population import sample_ages, sample_profiles, sample_traits
-from qanchor.synthetic.tasks import TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
+from qanchor.synthetic.tasks import PARAPHRASES, TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
 from qanchor.synthetic.uqa import sample_questions, user_facts
 
 DEFAULT_AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -136,6 +138,14 @@ def _write(table_dir: Path, chunk_index: int, frame: pd.DataFrame, schema: pa.Sc
     pq.write_table(table, table_dir / f"part-{chunk_index:05d}.parquet", compression="zstd")
 
 
+def task_file() -> dict:
+    """The tasks as data (the `tasks.yaml` schema of `training.tasks`): query = the written
+    definition, labels = this dataset's wide `labels/` table, one column per task."""
+    return {"generic_query": FUTURE_QUERY,
+            "tasks": [{"name": t.name, "group": t.group, "query": t.definition, "paraphrase": PARAPHRASES[t.name],
+                       "labels": "labels", "column": t.name} for t in TASKS]}
+
+
 def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Generate the dataset into `out` atomically (built in a sibling temp dir, then renamed)."""
     out = Path(out)
@@ -171,6 +181,7 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
             ],
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (staging / "tasks.yaml").write_text(yaml.safe_dump(task_file(), sort_keys=False))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

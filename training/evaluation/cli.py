@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from feature_repo.params import FEATURE_REPO
-from training.evaluation.harness import TASK_NAMES
 
 EXPERIMENT = "qanchor-evaluation"
 
@@ -19,8 +18,10 @@ EXPERIMENT = "qanchor-evaluation"
 @click.option("--repo", type=FEATURE_REPO, required=True,
               help="Feast repository the users' features come from.")
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="`qanchor data generate` output: splits/ and labels/ (held-out users are evaluated).")
-@click.option("--tasks", default="all", show_default=True, help=f"Comma-separated tasks or 'all' ({', '.join(TASK_NAMES)}).")
+              help="Folder with splits/ (held-out users are evaluated) and, by default, tasks.yaml.")
+@click.option("--tasks", default="all", show_default=True,
+              help="A tasks YAML file (name, query, label table per task), or comma-separated names from "
+                   "DATASET/tasks.yaml, or 'all'.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder. Default: reports/<UTC timestamp>.")
 @click.option("--max-users", type=click.IntRange(min=40), default=None, help="Evaluate at most this many held-out users.")
@@ -50,9 +51,16 @@ def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | N
     from training.registry import load_model
     from training.tracking import TrackingError
 
+    from training.tasks import TASKS_FILE, TaskError, load_tasks
+
+    tasks_file = Path(tasks) if tasks.endswith((".yaml", ".yml")) else None
+    names = None if tasks_file is not None or tasks == "all" else tasks.split(",")
+    try:  # before any heavy work: a wrong task name is a usage error
+        load_tasks(tasks_file or dataset / TASKS_FILE)[0].select(names)
+    except TaskError as err:
+        raise click.BadParameter(str(err), param_hint="--tasks") from None
     try:
-        settings = EvaluationSettings(tasks=list(TASK_NAMES) if tasks == "all" else tasks.split(","),
-                                      baselines=baselines, text_baseline=text_baseline, prompt_tuning=tuning,
+        settings = EvaluationSettings(tasks=names, baselines=baselines, text_baseline=text_baseline, prompt_tuning=tuning,
                                       tune_steps=tune_steps, tokens=tokens, resamples=resamples, seed=seed)
     except ValidationError as err:
         raise click.BadParameter(err.errors()[0]["msg"], param_hint="--tasks") from None
@@ -60,7 +68,8 @@ def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | N
     folder = out or Path("reports") / when.strftime("%Y%m%dT%H%M%SZ")
     try:
         model = QAnchor.from_pretrained(backbone) if Path(backbone).is_dir() else load_model(backbone)
-        population = load_population(UserFeatureStore(repo), dataset, max_users, seed=seed)
+        population = load_population(UserFeatureStore(repo), dataset, max_users, seed=seed, tasks=tasks_file,
+                                     task_names=names)
     except (TrackingError, PopulationError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from qanchor.embedding_engine import EmbeddingEngine
@@ -32,19 +32,16 @@ from qanchor.features import UserFeatures
 from qanchor.modality_spec import ModalitySpec
 from qanchor.model import QAnchor
 from qanchor.model.text_encoder import TextEmbeddingCache
-from qanchor.synthetic.tasks import TASKS
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, text_embeddings
 from training.evaluation.geometry import embedding_geometry
 from training.evaluation.metrics import METRICS, bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import EvaluationPopulation
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
-from training.evaluation.queries import GENERIC_QUERY, PARAPHRASES, task_query
 from training.scenario_tuning import TuningSettings, tune
 
 METHODS = ("gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
            "qanchor_prompt", "qanchor_prompt_proto")
 BASELINES = ("gbdt_aggregates", "gbdt_history", "minilm_text")
-TASK_NAMES = tuple(t.name for t in TASKS)
 #: A task with fewer test positives than this is reported but left out of means over tasks.
 MIN_TEST_POSITIVES = 20
 
@@ -52,7 +49,8 @@ MIN_TEST_POSITIVES = 20
 class EvaluationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tasks: list[str] = Field(default_factory=lambda: list(TASK_NAMES))
+    #: Names from the population's task set; None = all of them.
+    tasks: list[str] | None = None
     baselines: bool = True
     #: The MiniLM row among the baselines (costly on CPU for large populations).
     text_baseline: bool = True
@@ -63,14 +61,6 @@ class EvaluationSettings(BaseModel):
     resamples: int = Field(default=1000, ge=10)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
-
-    @field_validator("tasks")
-    @classmethod
-    def _known(cls, tasks: list[str]) -> list[str]:
-        unknown = sorted(set(tasks) - set(TASK_NAMES))
-        if unknown or not tasks:
-            raise ValueError(f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
-        return tasks
 
 
 @dataclass
@@ -199,15 +189,19 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
     """
     parts = population_parts(population)
     users, times = population.users, population.reference_times
-    labels = task_labels(population, settings.tasks)
+    tasks = population.tasks.select(settings.tasks)
+    names = tasks.names
+    labels = task_labels(population, names)
+    # the paraphrase row needs a paraphrase of every task (the generator's tasks have them)
+    paraphrases = settings.paraphrases and all(t.paraphrase for t in tasks.tasks)
     scores: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     seconds: dict[str, float] = {}
-    stages = 1 + (settings.baselines and baseline_scores is None) + settings.prompt_tuning * len(settings.tasks)
+    stages = 1 + (settings.baselines and baseline_scores is None) + settings.prompt_tuning * len(names)
     bar = tqdm(total=stages, desc="evaluate", disable=not progress)
 
     if settings.baselines and baseline_scores is not None:
         for method, by_task in baseline_scores.items():
-            scores[method].update({t: by_task[t] for t in settings.tasks})
+            scores[method].update({t: by_task[t] for t in names})
     elif settings.baselines:
         start = time.perf_counter()
         for method, by_task in score_baselines(model.spec, model.cache, population, labels, settings.seed,
@@ -217,15 +211,15 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
         bar.update()
 
     start = time.perf_counter()
-    queries = [GENERIC_QUERY, *(task_query(t) for t in settings.tasks)]
-    if settings.paraphrases:
-        queries += [PARAPHRASES[t] for t in settings.tasks]
+    queries = [tasks.generic_query, *(t.query for t in tasks.tasks)]
+    if paraphrases:
+        queries += [t.paraphrase for t in tasks.tasks]
     emb = query_embeddings(model, users, times, queries, batch_size=settings.batch_size)
-    n = len(settings.tasks)
+    n = len(names)
     for i, (task, y) in enumerate(labels.items()):
         scores["static_query"][task] = logistic_probe(emb[:, 0], y, parts, settings.seed).test_scores
         scores["qanchor_query"][task] = logistic_probe(emb[:, 1 + i], y, parts, settings.seed).test_scores
-        if settings.paraphrases:
+        if paraphrases:
             scores["qanchor_paraphrase"][task] = logistic_probe(emb[:, 1 + n + i], y, parts, settings.seed).test_scores
     seconds["query_embeddings"] = time.perf_counter() - start
     generic = embedding_geometry(emb[parts.test][:, :1])

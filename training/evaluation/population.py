@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from qanchor.features import UserFeatures
-from qanchor.synthetic.tasks import TASKS
+from training.tasks import TASKS_FILE, TaskError, TaskSet, label_table, load_tasks
 
 if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these run without it
     from feature_repo.store import UserFeatureStore
@@ -35,6 +35,7 @@ class EvaluationPopulation:
     reference_times: list[int]
     labels: pd.DataFrame      # one column per task, row order = users
     part: np.ndarray          # "train" | "val" | "test" per user
+    tasks: TaskSet            # names, queries and paraphrases of the label columns
 
     def index(self, part: str) -> np.ndarray:
         return np.flatnonzero(self.part == part)
@@ -57,22 +58,27 @@ def split_parts(n: int, fractions: tuple[float, float, float], seed: int) -> np.
 
 def load_population(store: UserFeatureStore, dataset: Path, max_users: int | None = None,
                     fractions: tuple[float, float, float] = (0.5, 0.25, 0.25), seed: int = 0,
-                    splits: tuple[str, ...] = ("val", "test")) -> EvaluationPopulation:
+                    splits: tuple[str, ...] = ("val", "test"), tasks: Path | None = None,
+                    task_names: list[str] | None = None) -> EvaluationPopulation:
     """The held-out users of `dataset` (splits val + test) with their task labels and features.
 
-    `splits` may include "train" only for a backbone that was never pretrained on this dataset
-    (a random-init model, another population's backbone).
+    Tasks come from `tasks` (default `dataset/tasks.yaml`), restricted to `task_names`. `splits`
+    may include "train" only for a backbone that was never pretrained on this dataset (a
+    random-init model, another population's backbone).
     """
     dataset = Path(dataset)
-    for table in ("splits", "labels"):
-        if not (dataset / table).exists():
-            raise PopulationError(f"{dataset} has no {table}/ table; is it a `qanchor data generate` output?")
+    if not (dataset / "splits").exists():
+        raise PopulationError(f"{dataset} has no splits/ table (`qanchor data generate` or `qanchor data corpus` "
+                              "writes one)")
+    tasks_path = Path(tasks) if tasks is not None else dataset / TASKS_FILE
+    try:
+        task_set, base = load_tasks(tasks_path)
+        task_set = task_set.select(task_names)
+        labels = label_table(task_set, base)
+    except TaskError as err:
+        raise PopulationError(str(err)) from None
     split_names, splits = splits, pd.read_parquet(dataset / "splits")
     held_out = splits.loc[splits["split"].isin(list(split_names)), "user_id"]
-    labels = pd.read_parquet(dataset / "labels")
-    missing = [t.name for t in TASKS if t.name not in labels.columns]
-    if missing:
-        raise PopulationError(f"{dataset}/labels lacks task columns {missing}")
     labels = labels[labels["user_id"].isin(set(held_out))].sort_values("user_id", ignore_index=True)
     if max_users is not None:
         labels = labels.sample(n=min(max_users, len(labels)), random_state=seed).sort_values("user_id", ignore_index=True)
@@ -81,4 +87,4 @@ def load_population(store: UserFeatureStore, dataset: Path, max_users: int | Non
     users = store.features_at(list(labels["user_id"]), list(labels["label_time"]))
     times = [int(t.timestamp()) for t in labels["label_time"]]
     part = split_parts(len(labels), fractions, seed)
-    return EvaluationPopulation(users, times, labels[["user_id", *(t.name for t in TASKS)]], part)
+    return EvaluationPopulation(users, times, labels[["user_id", *task_set.names]], part, task_set)
