@@ -1,7 +1,8 @@
-"""`qanchor pretrain` and `qanchor promote`."""
+"""`qanchor pretrain`, `promote`, `scenario register | list | show | archive`, `data corpus` and `data labels`."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -164,3 +165,62 @@ def corpus(repo: Path, out: Path, horizon_days: int, questions_per_snapshot: int
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {rows['d_future']} D_future, {rows['d_uqa']} D_uqa rows and splits of {rows['splits']} users "
                f"to {out}")
+
+
+@click.command("labels")
+@click.argument("dataset", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--task", default=None, help="Export this task of DATASET/tasks.yaml.")
+@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="train", show_default=True,
+              help="With --task: users of this split of DATASET/splits only (evaluation users stay out of tuning).")
+@click.option("--rule", "rule_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Label by a rule YAML instead: modality, text_pattern and/or numeric condition, window_days.")
+@click.option("--events", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --rule: the raw event parquet (it may run past the import's as-of).")
+@click.option("--repo", type=FEATURE_REPO, default=None, help="With --rule: the Feast repository whose users are labelled.")
+@click.option("--label-time", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
+              help="With --rule: start of the label window (UTC); default: the store's oldest snapshot.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Parquet file to write.")
+def labels(dataset: Path | None, task: str | None, split: str, rule_path: Path | None, events: Path | None,
+           repo: Path | None, label_time: datetime | None, out: Path) -> None:
+    """Write a scenario/task labels table (user_id, label, label_time): a task of a dataset, or a rule over your logs.
+
+    --rule labels each user of --repo 1 when it has matching events in the window after
+    --label-time; features are read as of --label-time, so the label's events are never inputs.
+    """
+    import pandas as pd
+
+    from qanchor.user_files import read_parquet_frame
+    from training.tasks import TASKS_FILE, TaskError, label_table, load_tasks
+
+    if (rule_path is None) == (task is None):
+        raise click.UsageError("give either DATASET --task NAME or --rule RULE --events EVENTS --repo STORE")
+    if task is not None:
+        if dataset is None:
+            raise click.UsageError("--task needs the DATASET folder holding tasks.yaml")
+        task_set, base = load_tasks(dataset / TASKS_FILE)
+        try:
+            table = label_table(task_set.select([task]), base)
+        except TaskError as err:
+            raise click.BadParameter(str(err), param_hint="--task") from None
+        if split != "all":
+            users = read_parquet_frame(dataset / "splits", "splits").query("split == @split")["user_id"]
+            table = table[table["user_id"].isin(users)]
+        frame, what = table.rename(columns={task: "label"})[["user_id", "label", "label_time"]], task
+    else:
+        from feature_repo.store import UserFeatureStore
+        from training.label_rules import LabelRuleError, apply_rule, load_rule
+
+        if events is None or repo is None:
+            raise click.UsageError("--rule needs --events and --repo")
+        store = UserFeatureStore(repo)
+        try:
+            rule = load_rule(rule_path)
+            rule.check_against(store.spec)
+            start = (pd.Timestamp(label_time, tz="UTC") if label_time else store.label_window()[0])
+            frame = apply_rule(rule, read_parquet_frame(events, "events"), sorted(store.known_users()), start)
+        except LabelRuleError as err:
+            raise click.ClickException(str(err)) from None
+        what = f"rule {rule_path.name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    click.echo(f"wrote {len(frame)} labels of {what} ({frame['label'].mean():.1%} positive) to {out}")

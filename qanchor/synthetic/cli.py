@@ -53,24 +53,3 @@ def rates(dataset: Path) -> None:
     click.echo(f"{'task':<24} {'group':<11} {'target':>7} {'observed':>9}  definition")
     for task in TASKS:
         click.echo(f"{task.name:<24} {task.group:<11} {task.target_rate:>7.1%} {observed[task.name]:>9.1%}  {task.definition}")
-
-
-@click.command("labels")
-@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--task", type=click.Choice([t.name for t in TASKS]), required=True, help="Downstream task to export.")
-@click.option("--split", type=click.Choice(["train", "val", "test", "all"]), default="train", show_default=True,
-              help="Users of this split only (evaluation users stay out of scenario tuning).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Parquet file to write.")
-def labels(dataset: Path, task: str, split: str, out: Path) -> None:
-    """Export one task's labels as a scenario labels table (user_id, label, label_time)."""
-    import pandas as pd
-
-    _manifest(dataset)
-    table = pd.read_parquet(dataset / "labels", columns=["user_id", "label_time", task])
-    if split != "all":
-        users = pd.read_parquet(dataset / "splits").query("split == @split")["user_id"]
-        table = table[table["user_id"].isin(users)]
-    frame = table.rename(columns={task: "label"})[["user_id", "label", "label_time"]]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out, index=False)
-    click.echo(f"wrote {len(frame)} labels of {task} ({frame['label'].mean():.1%} positive) to {out}")
