@@ -135,6 +135,14 @@ def test_split_parts_are_disjoint_and_proportional():
     assert np.array_equal(part, split_parts(1000, (0.5, 0.25, 0.25), seed=3))
 
 
+def test_a_synthetic_population_carries_its_latent_traits_for_the_oracle_row(sqlite_store, dataset):
+    population = load_population(sqlite_store, dataset)
+    latent = pd.read_parquet(dataset / "latent").set_index("user_id")
+    assert population.latent.shape == (len(population), latent.shape[1])
+    first = population.users[0].user_id
+    assert np.allclose(population.latent[0], latent.loc[first].to_numpy())
+
+
 def test_population_holds_only_users_the_backbone_was_not_pretrained_on(sqlite_store, dataset):
     population = load_population(sqlite_store, dataset)
     splits = pd.read_parquet(dataset / "splits").set_index("user_id")["split"]
@@ -167,8 +175,10 @@ def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, datas
     settings = EvaluationSettings(tasks=SMOKE_TASKS, tune_steps=4, resamples=20)
     result = evaluate(model, population, settings, progress=False)
     methods = {r["method"] for r in result.rows}
-    assert methods == {"gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query",
+    assert methods == {"oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query",
                        "qanchor_paraphrase", "qanchor_prompt", "qanchor_prompt_proto"}
+    mean_auc = {s["method"]: s["mean_auc"] for s in result.summary}
+    assert mean_auc["oracle"] > 0.6, "the latent traits the labels were drawn from predict them"
     pairs = {(c["method"], c["versus"]) for c in result.comparisons}
     assert ("qanchor_query", "static_query") in pairs and ("qanchor_prompt_proto", "qanchor_prompt") in pairs
     assert any(versus in ("gbdt_aggregates", "gbdt_history", "minilm_text") for _, versus in pairs)

@@ -9,6 +9,7 @@ Output layout (each table is a directory of `part-NNNNN.parquet` files, one per 
     d_future/       (user, query_time, query, answer) next-window summaries
     d_uqa/          (user, query_time, topic, question, answer) grounded Q&A
     splits/         user -> train | val | test
+    latent/         user -> the latent traits behind the observed window (the evaluation's oracle row)
     manifest.json   config, row counts, observed positive rates, task definitions
     tasks.yaml      the tasks as data (query, paraphrase, label column) for `qanchor evaluate`
 """
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
+from qanchor.synthetic.catalog import TRAITS
 from qanchor.synthetic.events import generate_window
 from qanchor.synthetic.habits import habit_events
 from qanchor.synthetic.future_summary import FUTURE_QUERY, summarise_future
@@ -87,6 +89,7 @@ class ChunkTables:
     d_future: pd.DataFrame
     d_uqa: pd.DataFrame
     splits: pd.DataFrame
+    latent: pd.DataFrame
 
 
 def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n_users: int) -> ChunkTables:
@@ -129,6 +132,7 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
         d_future=d_future,
         d_uqa=d_uqa,
         splits=pd.DataFrame({"user_id": user_ids, "split": split}),
+        latent=pd.DataFrame({"user_id": user_ids, **{f"trait_{name}": traits[:, i] for i, name in enumerate(TRAITS)}}),
     )
 
 
@@ -162,7 +166,7 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
                 tables = generate_chunk(config, chunk_index, first, n)
                 _write(staging / "events", chunk_index, tables.events, EVENT_SCHEMA)
                 _write(staging / "future_events", chunk_index, tables.future_events, EVENT_SCHEMA)
-                for name in ("profiles", "labels", "d_future", "d_uqa", "splits"):
+                for name in ("profiles", "labels", "d_future", "d_uqa", "splits", "latent"):
                     _write(staging / name, chunk_index, getattr(tables, name))
                 for name in counts:
                     counts[name] += len(getattr(tables, name))

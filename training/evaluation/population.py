@@ -36,6 +36,9 @@ class EvaluationPopulation:
     labels: pd.DataFrame      # one column per task, row order = users
     part: np.ndarray          # "train" | "val" | "test" per user
     tasks: TaskSet            # names, queries and paraphrases of the label columns
+    #: Latent factors behind each user's behaviour, when the dataset knows them (the generator's
+    #: `latent/` table): the `oracle` row probes them, a ceiling no method reading behaviour beats.
+    latent: np.ndarray | None = None
 
     def index(self, part: str) -> np.ndarray:
         return np.flatnonzero(self.part == part)
@@ -87,4 +90,10 @@ def load_population(store: UserFeatureStore, dataset: Path, max_users: int | Non
     users = store.features_at(list(labels["user_id"]), list(labels["label_time"]))
     times = [int(t.timestamp()) for t in labels["label_time"]]
     part = split_parts(len(labels), fractions, seed)
-    return EvaluationPopulation(users, times, labels[["user_id", *task_set.names]], part, task_set)
+    latent = None
+    if (dataset / "latent").exists():
+        table = pd.read_parquet(dataset / "latent").set_index("user_id").reindex(labels["user_id"])
+        if table.isna().any().any():
+            raise PopulationError(f"{dataset}/latent lacks rows for some evaluated users")
+        latent = table.to_numpy(dtype=np.float64)
+    return EvaluationPopulation(users, times, labels[["user_id", *task_set.names]], part, task_set, latent)

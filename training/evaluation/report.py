@@ -37,10 +37,12 @@ def markdown(result: EvaluationResult, meta: dict) -> str:
         lines.append(f"| {s['method']} | {s['tasks']} | {_ci(s, 'mean_auc')} | {_ci(s, 'mean_ks')} |")
     if result.comparisons:
         lines += ["", "## Paired differences (same test users, paired bootstrap 95%)", "",
-                  "| method | versus | AUC difference | KS difference | tasks ahead (AUC) |", "|---|---|---|---|---|"]
+                  "| method | versus | AUC difference | KS difference | tasks ahead (AUC) | share of the gap to the oracle closed |",
+                  "|---|---|---|---|---|---|"]
         for c in result.comparisons:
+            gap = f"{c['oracle_gap_closed']:+.0%}" if "oracle_gap_closed" in c else ""
             lines.append(f"| {c['method']} | {c['versus']} | {_ci(c, 'auc_diff')} | {_ci(c, 'ks_diff')} | "
-                         f"{c['tasks_ahead']}/{c['tasks']} |")
+                         f"{c['tasks_ahead']}/{c['tasks']} | {gap} |")
     if result.geometry:
         g = result.geometry
         lines += ["", "## Embedding geometry (test users)", "",
