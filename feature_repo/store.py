@@ -55,10 +55,14 @@ from qanchor.features import UserFeatures  # noqa: E402
 _PRESENT, _NOT_FOUND = 1, 3
 
 OnlineStoreKind = Literal["sqlite", "redis"]
+#: Point-in-time reads: DuckDB (default) over the parquet sources, or Feast's older dask engine.
+#: Past one machine the same code runs on Feast's Spark or Ray offline stores (docs/data.md).
+OfflineStoreKind = Literal["duckdb", "dask"]
 
 
 def write_repo(repo: Path, data: Path, online_store: OnlineStoreKind = "sqlite",
-               redis_url: str = "localhost:6379", project: str = "qanchor") -> Path:
+               redis_url: str = "localhost:6379", project: str = "qanchor",
+               offline_store: OfflineStoreKind = "duckdb") -> Path:
     """Lay out a self-contained Feast repository at `repo` over imported feature data `data`.
 
     The result is a plain Feast repo (feature_store.yaml + definitions.py) that the `feast`
@@ -71,6 +75,7 @@ def write_repo(repo: Path, data: Path, online_store: OnlineStoreKind = "sqlite",
     template = "feature_store.redis.yaml" if online_store == "redis" else "feature_store.yaml"
     config = yaml.safe_load(package.joinpath(template).read_text())
     config["project"] = project
+    config["offline_store"] = {"type": offline_store}
     config["registry"] = "registry.db"
     if online_store == "redis":
         config["online_store"]["connection_string"] = redis_url
