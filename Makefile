@@ -60,6 +60,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data_gen.py
 	$(BIN)/python bench/feature_fetch.py
+	$(BIN)/python bench/historical_fetch.py
+	$(BIN)/python bench/cli_startup.py
 
 # The paper's ablations: pretrains every variant on the demo data, then scores them (CPU, ~1 h).
 quality: $(STAMP)
