@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from qanchor.cli import cli
 
 COMMANDS = [[], ["data"], ["data", "generate"], ["data", "import"], ["data", "validate"], ["data", "rates"],
+            ["data", "corpus"], ["data", "labels"],
             ["features"], ["features", "apply"], ["features", "materialize"], ["features", "show"],
             ["pretrain"], ["promote"], ["scenario"], ["scenario", "register"], ["scenario", "list"], ["scenario", "show"],
             ["scenario", "archive"], ["evaluate"]]

@@ -42,6 +42,9 @@ def _cases():
             "data", "validate", "--profiles", p, "--spec", p, "--as-of", "2026-10-01", "--report", out]),
         "data rates": (FOLDER_KINDS, lambda p, repo, out: ["data", "rates", p]),
         "data labels": (FOLDER_KINDS, lambda p, repo, out: ["data", "labels", p, "--task", "risk_overdue", "--out", out]),
+        "data corpus --repo": (FOLDER_KINDS, lambda p, repo, out: ["data", "corpus", "--repo", p, "--out", out]),
+        "data labels --rule": (YAML_KINDS, lambda p, repo, out: [
+            "data", "labels", "--rule", p, "--events", repo, "--repo", repo, "--out", out]),
         "features apply --data": (FOLDER_KINDS, lambda p, repo, out: ["features", "apply", "--data", p, "--repo", out]),
         "features materialize": (FOLDER_KINDS, lambda p, repo, out: ["features", "materialize", "--repo", p]),
         "features show": (FOLDER_KINDS, lambda p, repo, out: ["features", "show", "--repo", p, "--sample", "1"]),
