@@ -56,11 +56,7 @@ from qanchor.features import (
     history_view_name,
 )
 from qanchor.modality_spec import EventModality, ModalitySpec
-from qanchor.user_files import UserFileError
-
-
-class InputDataError(UserFileError):
-    """The input cannot even be read as the documented schema (missing path, not parquet)."""
+from qanchor.user_files import UserFileError, require_parquet_files
 
 
 @dataclass(frozen=True)
@@ -106,14 +102,11 @@ class ImportSummary:
 
 
 def _dataset(path: Path, what: str) -> ds.Dataset:
-    if not Path(path).exists():
-        raise InputDataError(f"{what} path {path} does not exist")
-    if Path(path).is_dir() and not any(p.is_file() for p in Path(path).rglob("*.parquet")):
-        raise InputDataError(f"{what} directory {path} holds no .parquet files")
+    require_parquet_files(path, f"{what} path")
     try:
         return ds.dataset(str(path), format="parquet")
     except (pa.ArrowInvalid, OSError) as err:
-        raise InputDataError(f"{what} at {path} is not readable parquet: {err}") from None
+        raise UserFileError(f"{what} at {path} is not readable parquet: {err}") from None
 
 
 def _normalise_times(frame: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -159,10 +152,11 @@ def _stage_event_buckets(config: ImportConfig, staging: Path, progress: bool) ->
         for index, frame in enumerate(frames):
             frame = _normalise_times(frame, "event_time")
             bar.update(len(frame))
-            report.merge(validate_events(frame, config.spec, window))
+            batch_report, kept = validate_events(frame, config.spec, window)
+            report.merge(batch_report)
             if report.success:
                 keep = ["user_id", "event_time", "modality", "text", *config.spec.numeric_columns]
-                frame = frame.loc[~window.stale(frame["event_time"]), [c for c in keep if c in frame.columns]]
+                frame = kept[[c for c in keep if c in kept.columns]]
                 for b, part in frame.groupby(_bucket_of(frame["user_id"], buckets)):
                     target = staging / "buckets" / f"b{b:05d}"
                     target.mkdir(parents=True, exist_ok=True)

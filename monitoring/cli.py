@@ -45,17 +45,16 @@ def validate(events: Path | None, profiles: Path | None, spec_path: Path | None,
         frame = read_parquet_frame(events, "events")
         if pd.api.types.is_datetime64_any_dtype(frame.get("event_time")) and frame["event_time"].dt.tz is None:
             frame["event_time"] = frame["event_time"].dt.tz_localize("UTC")
-        events_report = validate_events(frame, spec, window)
+        events_report, kept = validate_events(frame, spec, window)
         events_report.require_rows_in_window()
         reports.append(events_report)
     if profiles is not None:
         profile_frame = read_parquet_frame(profiles, "profiles")
         profiles_report = validate_frame(profile_frame, profile_expectations(spec, profile_frame, end), "profiles")
         profiles_report.counts.update(profile_counts(spec, profile_frame))
-        if events is not None and "user_id" in frame.columns and "user_id" in profile_frame.columns:
-            kept = frame.loc[~window.stale(frame["event_time"]), "user_id"] if "event_time" in frame.columns else frame["user_id"]
+        if events is not None and "user_id" in kept.columns and "user_id" in profile_frame.columns:
             profiles_report.counts["users_without_profile_row"] = int(
-                (~pd.Series(kept.unique()).isin(set(profile_frame["user_id"]))).sum())
+                (~pd.Series(kept["user_id"].unique()).isin(set(profile_frame["user_id"]))).sum())
         reports.append(profiles_report)
     if not reports:
         raise click.UsageError("give --events and/or --profiles")

@@ -292,8 +292,9 @@ def validate_frame(frame: pd.DataFrame, expectations: list, table: str) -> Valid
 
 
 def validate_events(frame: pd.DataFrame, spec: ModalitySpec, window: EventWindow,
-                    table: str = "events") -> ValidationReport:
-    """Skip (and count) events older than `window`, then validate the rest.
+                    table: str = "events") -> tuple[ValidationReport, pd.DataFrame]:
+    """Skip (and count) events older than `window`, validate the rest; returns the report and
+    the kept rows (what an import stages).
 
     A batch with nothing left after skipping is not a failure on its own: the caller sees
     `rows == skipped` and decides (an import whose every event is stale fails).
@@ -307,4 +308,4 @@ def validate_events(frame: pd.DataFrame, spec: ModalitySpec, window: EventWindow
         report.rows = len(frame)
     report.skipped = int(stale.sum())
     report.window = str(window)
-    return report
+    return report, kept

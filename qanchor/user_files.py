@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class UserFileError(ValueError):
@@ -45,16 +48,32 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     return data
 
 
+def read_yaml_model(path: Path, what: str, model: type[Model], error: type[Exception]) -> Model:
+    """The YAML file at `path` validated as `model`; content errors become `error`, one line per field."""
+    data = read_yaml_mapping(path, what)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()]
+        raise error(f"invalid {what} {path}:\n" + "\n".join(lines)) from None
+
+
+def require_parquet_files(path: Path, what: str) -> None:
+    """A missing path, or a folder without a single .parquet file, is a UserFileError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise UserFileError(f"{what} {path} does not exist")
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*.parquet")):
+        raise UserFileError(f"{what} directory {path} holds no .parquet files")
+
+
 def read_parquet_frame(path: Path, what: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The parquet file or directory of parquet files at `path` as one frame."""
     import pandas as pd  # here, not at the top: loading a YAML spec should not pull in pandas
     import pyarrow as pa
 
     path = Path(path)
-    if not path.exists():
-        raise UserFileError(f"{what} {path} does not exist")
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*.parquet")):
-        raise UserFileError(f"{what} directory {path} holds no .parquet files")
+    require_parquet_files(path, what)
     try:
         return pd.read_parquet(path, columns=columns)
     except (OSError, ValueError, pa.ArrowException) as err:

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from conftest import AS_OF
-from feature_repo.ingest import ImportConfig, InputDataError, build_history, import_data
+from feature_repo.ingest import ImportConfig, build_history, import_data
 from monitoring.validation import DataValidationError
+from qanchor.user_files import UserFileError
 
 
 def _fingerprint(*roots: Path) -> dict[str, str]:
@@ -125,9 +126,9 @@ def test_unreadable_input_gets_a_specific_error(tmp_path, dataset, spec):
     junk = tmp_path / "events.parquet"
     junk.write_text("user_id,event_time\nu1,yesterday\n")
     config = ImportConfig(events=junk, profiles=dataset / "profiles", out=tmp_path / "f", spec=spec, as_of=AS_OF)
-    with pytest.raises(InputDataError, match="not readable parquet"):
+    with pytest.raises(UserFileError, match="not readable parquet"):
         import_data(config, progress=False)
-    with pytest.raises(InputDataError, match="does not exist"):
+    with pytest.raises(UserFileError, match="does not exist"):
         import_data(ImportConfig(events=tmp_path / "nope", profiles=dataset / "profiles", out=tmp_path / "f",
                                  spec=spec, as_of=AS_OF), progress=False)
     assert not (tmp_path / "f").exists()

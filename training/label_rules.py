@@ -22,10 +22,10 @@ import re
 from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qanchor.modality_spec import ModalitySpec
-from qanchor.user_files import read_yaml_mapping
+from qanchor.user_files import read_yaml_model
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq}
 
@@ -78,11 +78,7 @@ class LabelRule(BaseModel):
 
 
 def load_rule(path) -> LabelRule:
-    try:
-        return LabelRule.model_validate(read_yaml_mapping(path, "label rule"))
-    except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or 'rule'}: {e['msg']}" for e in err.errors()]
-        raise LabelRuleError(f"invalid label rule {path}:\n" + "\n".join(lines)) from None
+    return read_yaml_model(path, "label rule", LabelRule, LabelRuleError)
 
 
 def apply_rule(rule: LabelRule, events: pd.DataFrame, users: list[str], label_time: pd.Timestamp) -> pd.DataFrame:

@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from qanchor.user_files import read_yaml_mapping
+from qanchor.user_files import read_yaml_model
 from qanchor.losses import contrastive_loss, retrieval_accuracy
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
@@ -99,13 +99,7 @@ class ConfigError(ValueError):
 
 
 def load_config(path: Path) -> PretrainConfig:
-    path = Path(path)
-    data = read_yaml_mapping(path, "pretraining config")
-    try:
-        return PretrainConfig.model_validate(data)
-    except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"invalid pretraining config {path}:\n" + "\n".join(lines)) from None
+    return read_yaml_model(Path(path), "pretraining config", PretrainConfig, ConfigError)
 
 
 def seed_everything(seed: int) -> None:

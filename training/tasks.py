@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qanchor.user_files import read_parquet_frame, read_yaml_mapping
+from qanchor.user_files import read_parquet_frame, read_yaml_model
 
 TASKS_FILE = "tasks.yaml"
 
@@ -78,11 +78,7 @@ class TaskSet(BaseModel):
 def load_tasks(path: Path) -> tuple[TaskSet, Path]:
     """The task set of `path` and the folder its label paths are relative to."""
     path = Path(path)
-    try:
-        return TaskSet.model_validate(read_yaml_mapping(path, "tasks file")), path.parent
-    except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise TaskError(f"invalid tasks file {path}:\n" + "\n".join(lines)) from None
+    return read_yaml_model(path, "tasks file", TaskSet, TaskError), path.parent
 
 
 def write_tasks(tasks: TaskSet, path: Path) -> None:
