@@ -70,11 +70,6 @@ class TuningResult:
     chosen: str = "tuned"
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def gain(self) -> float:
-        """Validation AUC of the best tuned state minus the query-only one."""
-        return self.metrics["tuned_val_auc"] - self.metrics["query_only_val_auc"]
-
 
 def _embed(engine: EmbeddingEngine, prefixes: PrefixBatch, rows: np.ndarray, suffix: Suffix,
            batch_size: int = 256) -> torch.Tensor:
