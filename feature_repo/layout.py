@@ -13,6 +13,8 @@ from pathlib import Path
 SETTINGS_FILE = "qanchor.json"
 #: Written by `qanchor data import` into the feature data directory.
 DATA_MANIFEST = "manifest.json"
+#: Folder (and Feast view name) of the profile source inside the imported-feature directory.
+PROFILE_VIEW = "profile"
 
 
 class FeatureRepoError(ValueError):

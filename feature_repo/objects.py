@@ -23,11 +23,10 @@ with warnings.catch_warnings():
     from feast.infra.offline_stores.file_source import FileLoggingDestination
     from feast.types import Array, Float32, Float64, Int64, String
 
-from feature_repo.layout import DATA_MANIFEST, SETTINGS_FILE, repo_settings
+from feature_repo.layout import DATA_MANIFEST, PROFILE_VIEW, SETTINGS_FILE, repo_settings
 from qanchor.features import INT, LIST_OF_FLOATS, LIST_OF_INTS, LIST_OF_STRINGS, history_columns, history_view_name
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality, parse_spec
 
-PROFILE_VIEW = "profile"
 FEATURE_SERVICE = "userU"
 EMBEDDING_VIEW = "user_embedding"
 EMBEDDING_PUSH_SOURCE = "user_embedding_push"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from monitoring.metrics import LatestDriftMetrics
 from qanchor.embedding_engine import EmbeddingEngine, QueryTooLongError, Suffix
 from qanchor.features import FeatureValueError, UserFeatures, feature_keys
 from qanchor.model import QAnchor
@@ -92,6 +93,7 @@ class EmbeddingRuntime:
         self._compute = threading.Lock()
         self.counters = Counters()
         self.default_reference_time = store.reference_time
+        self.drift_metrics = LatestDriftMetrics(settings.feature_repo)
         self.feature_log = FeatureLog(store, self.backbone_version, settings.feature_log_rows,
                                       settings.feature_log_seconds) if settings.feature_log else None
 
@@ -194,7 +196,7 @@ class EmbeddingRuntime:
         return out
 
     def metrics(self) -> str:
-        """Prometheus text: prefix-cache counters and gauges, refusals by error code."""
+        """Prometheus text: prefix-cache counters and gauges, refusals by error code, the newest drift check."""
         s = self.engine.cache.stats()
         lines = []
         for name, kind, value, help_text in [
@@ -214,7 +216,7 @@ class EmbeddingRuntime:
         lines += ["# HELP qanchor_request_errors_total Refused requests by error code.",
                   "# TYPE qanchor_request_errors_total counter"]
         lines += [f'qanchor_request_errors_total{{error="{k}"}} {v}' for k, v in sorted(self.counters.errors.items())]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.drift_metrics.text()
 
 
 def load_runtime(settings: ServingSettings) -> EmbeddingRuntime:

@@ -9,6 +9,7 @@ import click
 
 from feature_repo.layout import FeatureRepoError
 from feature_repo.params import FEATURE_REPO
+from monitoring.gate import DriftGateError, gate_tags, require_passing_check
 from qanchor.model.backbone import BackboneError
 from training.pretrain import ConfigError, load_config, pretrain as run_pretrain
 from training.registry import BACKBONE_MODEL, ScenarioError
@@ -19,14 +20,17 @@ from training.tracking import TrackingError
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Pretraining config YAML (see training/configs/pretrain_tiny.yaml).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the config's output_dir.")
-def pretrain(config_path: Path, resume: bool) -> None:
+@click.option("--force", is_flag=True,
+              help="Train even though the feature repository's newest drift check failed (logged to MLflow).")
+def pretrain(config_path: Path, resume: bool, force: bool) -> None:
     """Pretrain the Q-Anchor backbone (contrastive + NTP), log to MLflow and register it as challenger.
 
-    Runs as one process, or under `torchrun --nproc-per-node N` as DDP.
+    Runs as one process, or under `torchrun --nproc-per-node N` as DDP. Refuses while the
+    feature repository's newest `qanchor monitor check` failed, unless --force.
     """
     try:
-        summary = run_pretrain(load_config(config_path), resume=resume)
-    except (ConfigError, BackboneError, TrackingError, FeatureRepoError, FileNotFoundError) as err:
+        summary = run_pretrain(load_config(config_path), resume=resume, force=force)
+    except (ConfigError, BackboneError, TrackingError, FeatureRepoError, FileNotFoundError, DriftGateError) as err:
         raise click.ClickException(str(err)) from None
     if summary:
         click.echo(f"held-out retrieval accuracy {summary['val_retrieval_acc']:.3f} (chance {summary['chance']:.3f}); "
@@ -37,15 +41,24 @@ def pretrain(config_path: Path, resume: bool) -> None:
 @click.option("--version", required=True, help="Registered model version to promote.")
 @click.option("--alias", default="champion", show_default=True, help="Alias to move onto the version.")
 @click.option("--name", default=BACKBONE_MODEL, show_default=True, help="Registered model name.")
-def promote(version: str, alias: str, name: str) -> None:
-    """Move an alias (default `champion`) of a registered backbone onto VERSION."""
-    from training.registry import promote as set_alias
+@click.option("--repo", type=FEATURE_REPO, default=None,
+              help="Feature repository whose newest drift check gates the promotion; default: the one the "
+                   "version's pretraining run names.")
+@click.option("--force", is_flag=True, help="Promote even though the newest drift check failed (tagged on the version).")
+def promote(version: str, alias: str, name: str, repo: Path | None, force: bool) -> None:
+    """Move an alias (default `champion`) of a registered backbone onto VERSION.
+
+    Refuses while the feature repository's newest `qanchor monitor check` failed, unless --force.
+    """
+    from training.registry import promote as set_alias, training_repo
 
     try:
-        set_alias(version, name=name, alias=alias)
-    except TrackingError as err:
+        repo = repo or training_repo(version, name)
+        outcome = require_passing_check(repo, force, f"promoting {name} v{version}") if repo is not None else None
+        set_alias(version, name=name, alias=alias, tags=gate_tags(outcome, force))
+    except (TrackingError, DriftGateError) as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"{name}@{alias} -> version {version}")
+    click.echo(f"{name}@{alias} -> version {version}" + (f" ({outcome.describe()})" if outcome else ""))
 
 
 @click.command("register")

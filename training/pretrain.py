@@ -284,10 +284,15 @@ def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainC
     return evaluate_retrieval(model, val, retrieval_batch_size(cfg, len(val)))
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Build examples from Feast, `fit`, then save, log and (rank 0) register. Returns a summary dict."""
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, force: bool = False) -> dict:
+    """Build examples from Feast, `fit`, then save, log and (rank 0) register. Returns a summary dict.
+
+    Refuses (DriftGateError) while the feature repository's newest drift check failed, unless `force`."""
     from feature_repo.store import UserFeatureStore
+    from monitoring.gate import gate_tags, require_passing_check
     from training import registry, tracking
+
+    drift_check = require_passing_check(cfg.data.feature_repo, force, "pretraining")
 
     d = init_distributed()
     seed_everything(cfg.seed + d.rank)
@@ -317,6 +322,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True) -
                                     "feature_version": store.feature_version, "feature_service": "userU",
                                     "device": str(d.device),
                                     "resumed_from_step": checkpoint_step(checkpoint) if checkpoint else 0})
+        tracking.mlflow.set_tags(gate_tags(drift_check, force))
         tracking.mlflow.log_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False), "config.yaml")
     summary: dict = {}
     try:

@@ -78,13 +78,28 @@ def register(model_uri: str, name: str, alias: str | None, tags: dict[str, str],
     return str(version)
 
 
-def promote(version: str, name: str = BACKBONE_MODEL, alias: str = "champion") -> None:
+def promote(version: str, name: str = BACKBONE_MODEL, alias: str = "champion",
+            tags: dict[str, str] | None = None) -> None:
+    """Point `alias` at `version`; `tags` (e.g. the drift check it was gated on) are set on the version first."""
     registry = client()
     try:
         registry.get_model_version(name, version)
     except MlflowException:
         raise TrackingError(f"{name} has no version {version}") from None
+    for key, value in (tags or {}).items():
+        registry.set_model_version_tag(name, version, f"{alias}_{key}", value)
     registry.set_registered_model_alias(name, alias, version)
+
+
+def training_repo(alias_or_version: str, name: str = BACKBONE_MODEL) -> Path | None:
+    """The feature repository a backbone's pretraining run read (its `data.feature_repo` param), if recorded."""
+    registry = client()
+    version = backbone_version(alias_or_version, name)
+    run_id = registry.get_model_version(name, version).run_id
+    if not run_id:
+        return None
+    repo = registry.get_run(run_id).data.params.get("data.feature_repo")
+    return Path(repo) if repo else None
 
 
 def backbone_version(alias_or_version: str, name: str = BACKBONE_MODEL) -> str:

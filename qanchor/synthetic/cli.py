@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from qanchor.synthetic.drift import DriftSpecError, parse_drift
 from qanchor.synthetic.generator import DEFAULT_AS_OF, GeneratorConfig, generate as generate_dataset
 from qanchor.synthetic.tasks import TASKS
 
@@ -22,12 +23,19 @@ from qanchor.synthetic.tasks import TASKS
               help="Users generated and written per chunk; bounds memory.")
 @click.option("--uqa-per-user", type=click.IntRange(1, 13), default=3, show_default=True,
               help="Grounded questions per user in D_uqa.")
+@click.option("--drift", "drifts", multiple=True, metavar="KIND:ARG@DATE",
+              help="Inject a drift into the observed window from DATE (repeatable): spend:1.3@2026-09-20, "
+                   "new-app:FlashLoan@2026-09-20, silent:search@2026-09-20, trait:travel+1.5@2026-09-20.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds data.")
 def generate(users: int, seed: int, out: Path, as_of: datetime, chunk_users: int, uqa_per_user: int,
-             overwrite: bool) -> None:
+             drifts: tuple[str, ...], overwrite: bool) -> None:
     """Generate a synthetic UserU dataset: events, profiles, D_future, D_uqa and task labels."""
+    try:
+        parsed = tuple(parse_drift(d) for d in drifts)
+    except DriftSpecError as err:
+        raise click.BadParameter(str(err), param_hint="--drift") from None
     config = GeneratorConfig(users=users, seed=seed, as_of=as_of.replace(tzinfo=timezone.utc),
-                             chunk_users=chunk_users, uqa_per_user=uqa_per_user)
+                             chunk_users=chunk_users, uqa_per_user=uqa_per_user, drifts=parsed)
     try:
         manifest = generate_dataset(config, out, overwrite=overwrite)
     except FileExistsError as err:

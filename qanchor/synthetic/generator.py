@@ -31,6 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from qanchor.synthetic.catalog import TRAITS
+from qanchor.synthetic.drift import Drift, apply_drifts
 from qanchor.synthetic.events import generate_window
 from qanchor.synthetic.habits import habit_events
 from qanchor.synthetic.future_summary import FUTURE_QUERY, summarise_future
@@ -66,6 +67,8 @@ class GeneratorConfig:
     future_days: int = 30
     chunk_users: int = 5_000
     uqa_per_user: int = 3
+    #: Injected drifts of the observed window (`qanchor.synthetic.drift`); none by default.
+    drifts: tuple[Drift, ...] = ()
 
     def __post_init__(self) -> None:
         if self.users <= 0:
@@ -104,7 +107,18 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
     events = generate_window(rng, user_ids, traits, window_start, config.window_days)
     habits_observed, habits_future = habit_events(np.random.default_rng([config.seed, chunk_index, 1]), user_ids,
                                                   window_start, as_of, config.future_days)
-    events = pd.concat([events, habits_observed], ignore_index=True)
+    if config.drifts:
+        # Trait shifts redraw behaviour (not habits, which are fixed payments); the rest apply to all events.
+        drift_rng = np.random.default_rng([config.seed, chunk_index, 2])
+        redraw = lambda shifted, start, days: generate_window(drift_rng, user_ids, shifted, start, days)  # noqa: E731
+        traits_first = tuple(sorted(config.drifts, key=lambda d: d.kind != "trait"))
+        events = apply_drifts(drift_rng, events, tuple(d for d in traits_first if d.kind == "trait"), user_ids,
+                              traits, as_of, redraw)
+        events = pd.concat([events, habits_observed], ignore_index=True)
+        events = apply_drifts(drift_rng, events, tuple(d for d in traits_first if d.kind != "trait"), user_ids,
+                              traits, as_of, redraw)
+    else:
+        events = pd.concat([events, habits_observed], ignore_index=True)
     events = events.sort_values(["user_id", "event_time"], kind="stable", ignore_index=True)
 
     # The future drifts a little from the past; fading users (trend < 0) keep fading.
@@ -174,7 +188,8 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
                 bar.update(n)
         manifest = {
             "generator": "qanchor.synthetic",
-            "config": {**asdict(config), "as_of": config.as_of.isoformat()},
+            "config": {**asdict(config), "as_of": config.as_of.isoformat(),
+                       "drifts": [d.describe() for d in config.drifts]},
             "rows": {"users": config.users, **counts},
             "positive_rates": {name: float(p) / config.users for name, p in zip(TASK_NAMES, positives)},
             "tasks": [
