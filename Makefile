@@ -8,6 +8,9 @@ DEMO_DIR ?= data/demo
 DEMO_USERS ?= 2000
 DEMO_SEED ?= 7
 DEMO_AS_OF ?= 2026-10-01
+# The demo's drift check: a later day whose payments cost 30% more from DRIFT_FROM.
+DRIFT_DAY ?= 2026-10-15
+DRIFT_FROM ?= 2026-09-25
 
 .PHONY: venv demo test test-slow bench quality clean
 
@@ -48,6 +51,14 @@ demo: $(STAMP)
 	@$(call step,evaluate,$(BIN)/qanchor evaluate --backbone challenger --repo $(DEMO_DIR)/feature_store --dataset $(DEMO_DIR)/raw \
 		--tune-steps 50 --resamples 300 --no-text-baseline --out reports/demo)
 	@cat reports/demo/report.md
+	@$(call step,drift reference,$(BIN)/qanchor monitor build-reference --backbone challenger --repo $(DEMO_DIR)/feature_store)
+	@$(call step,drift check,$(BIN)/qanchor data generate --users 1000 --seed 8 --as-of $(DRIFT_DAY) \
+		--drift spend:1.3@$(DRIFT_FROM) --out $(DEMO_DIR)/drifted/raw \
+		&& $(BIN)/qanchor data import --events $(DEMO_DIR)/drifted/raw/events --profiles $(DEMO_DIR)/drifted/raw/profiles \
+		--as-of $(DRIFT_DAY) --snapshots 1 --out $(DEMO_DIR)/drifted/features \
+		&& $(BIN)/qanchor features apply --data $(DEMO_DIR)/drifted/features --repo $(DEMO_DIR)/drifted/store \
+		&& { $(BIN)/qanchor monitor check --date $(DRIFT_DAY) --repo $(DEMO_DIR)/drifted/store --backbone challenger; \
+		test $$? -eq 1 && echo "the injected spending drift was flagged, as it should be"; })
 	@$(call step,serve + query,BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger)
 	@$(BIN)/python -m qanchor.demo_summary --timings $(TIMINGS) --repo $(DEMO_DIR)/feature_store --report reports/demo
 

@@ -49,7 +49,7 @@ def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
     """Largest gap between the two empirical CDFs (two-sample Kolmogorov-Smirnov D)."""
     if len(reference) == 0 or len(current) == 0:
         return 1.0 if len(reference) != len(current) else 0.0
-    return float(stats.ks_2samp(reference, current).statistic)
+    return float(stats.ks_2samp(reference, current, method="asymp").statistic)
 
 
 def shares_over(counts: Mapping[str, float], categories: list[str]) -> np.ndarray:

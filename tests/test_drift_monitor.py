@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from feature_repo.ingest import ImportConfig, import_data
 from feature_repo.store import UserFeatureStore, write_repo
@@ -117,7 +118,9 @@ def test_a_no_drift_day_passes_and_writes_json_html_data_docs_and_gauges(trained
     assert 0.3 < report["embeddings"][0]["statistics"]["domain_auc"] < 0.7
     assert (folder / "report.html").read_text().count("<img") >= 1
     assert (folder / "data_docs" / "index.html").is_file()
-    assert "qanchor_drift_check_success 1" in prom.read_text()
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    assert families["qanchor_drift_check_success"].samples[0].value == 1
+    assert {s.labels["feature"] for s in families["qanchor_drift_psi"].samples} >= {"bill.amount", "profile.age"}
     assert latest_check(today.repo).success
 
 

@@ -248,3 +248,25 @@ def test_served_feature_rows_land_in_the_backbone_feature_log(ready, registered,
     assert list(row["bill_events__texts"]) == list(sqlite_store.online_rows([users[0]])[0]["bill_events__texts"])
     metrics = requests.get(ready + "/metrics", timeout=10).text
     assert "qanchor_feature_log_rows_written_total" in metrics
+
+
+def test_metrics_carry_the_newest_drift_checks_gauges(ready, sqlite_store):
+    """A drift check landing in the store's `monitoring/checks/` shows on the next scrape, no restart."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    folder = sqlite_store.repo / "monitoring" / "checks" / "2026-10-02"
+    folder.mkdir(parents=True)
+    report = {"date": "2026-10-02", "success": False, "snapshot": "2026-10-02T00:00:00+00:00",
+              "failed_features": ["bill.amount"], "failed_embeddings": [],
+              "features": [{"feature": "bill.amount", "failed": ["ks"], "statistics": {"psi": 0.05, "ks": 0.09}}],
+              "embeddings": [{"scenario": "travel_booking", "failed": [], "statistics": {"domain_auc": 0.52}}]}
+    (folder / "drift.json").write_text(json.dumps(report))
+    try:
+        families = {f.name: f for f in text_string_to_metric_families(requests.get(ready + "/metrics", timeout=10).text)}
+        assert families["qanchor_drift_check_success"].samples[0].value == 0
+        ks = families["qanchor_drift_ks"].samples[0]
+        assert ks.labels == {"feature": "bill.amount"} and ks.value == 0.09
+        assert families["qanchor_embedding_drift_domain_auc"].samples[0].labels == {"scenario": "travel_booking"}
+    finally:
+        (folder / "drift.json").unlink()
+        folder.rmdir()
