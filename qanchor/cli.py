@@ -29,6 +29,7 @@ GROUP_HELP = {
     "data": "Generate, import and validate UserU data.",
     "features": "Manage the Feast feature repository: apply, materialize, read.",
     "scenario": "Register, list, show and archive business scenarios.",
+    "rollout": "A/B rollout on Kubernetes: apply, weights, status, promote, rollback.",
     "monitor": "Drift of features and embeddings against the serving backbone's training data.",
 }
 
