@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def run_one(users: int, work: Path) -> dict:
         return value
 
     profile = timed("read reference snapshot", lambda: read_snapshot(reference_data, spec, snapshot, thresholds.recent_days))
-    reference = timed("build reference", lambda: build_reference(profile, thresholds, "1", "bench", work))
+    reference = timed("build reference", partial(build_reference, profile, thresholds, "1", "bench", work))
     timed("save reference", lambda: reference.save(work / f"ref-folder-{users}", suite_documents(build_suites(reference, thresholds))))
     del profile
     today = timed("read today's snapshot", lambda: read_snapshot(today_data, spec, snapshot, thresholds.recent_days))

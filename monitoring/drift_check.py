@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from monitoring.embedding_drift import EmbeddingDrift
 from monitoring.gate import DRIFT_FILE
 from monitoring.reference import SAMPLE_VALUES, Reference
 from monitoring.snapshot_profile import MonitorInputError, SnapshotProfile
+from qanchor.staged_folder import staged_folder
 from monitoring.statistics import (
     OTHER,
     bin_shares,
@@ -203,21 +203,12 @@ def run_check(reference: Reference, profile: SnapshotProfile, thresholds: DriftT
 
 def write_check(out: Path, report: DriftReport, render_html, docs_staging: Path | None = None) -> Path:
     """Write `drift.json`, `report.html` (via `render_html(report) -> str`) and the Data Docs as one folder."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         if docs_staging is not None and docs_staging.is_dir():
             shutil.move(str(docs_staging), staging / "data_docs")
         (staging / DRIFT_FILE).write_text(json.dumps(report.to_dict(), indent=1, default=_json_default) + "\n")
         (staging / "report.html").write_text(render_html(report))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def _json_default(value):

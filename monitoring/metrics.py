@@ -20,6 +20,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _family(name: str, help_text: str, label: str, rows: list[tuple[str, float]]) -> list[str]:
+    """One gauge family in text exposition format (nothing when it has no samples)."""
+    if not rows:
+        return []
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
+            *(f'{name}{{{label}="{_escape(key)}"}} {value:.6g}' for key, value in rows)]
+
+
 def drift_metrics(report: dict) -> str:
     """Prometheus text exposition of one `drift.json`."""
     lines = ["# HELP qanchor_drift_check_success 1 if the newest drift check passed, else 0.",
@@ -33,17 +41,12 @@ def drift_metrics(report: dict) -> str:
     lines += [f'qanchor_drift_feature_failed{{feature="{_escape(f["feature"])}"}} {int(bool(f["failed"]))}'
               for f in report["features"]]
     for stat in _FEATURE_STATS:
-        rows = [(f["feature"], f["statistics"][stat]) for f in report["features"] if stat in f["statistics"]]
-        if rows:
-            lines += [f"# HELP qanchor_drift_{stat} Drift statistic {stat} of each feature, newest check.",
-                      f"# TYPE qanchor_drift_{stat} gauge"]
-            lines += [f'qanchor_drift_{stat}{{feature="{_escape(name)}"}} {value:.6g}' for name, value in rows]
+        lines += _family(f"qanchor_drift_{stat}", f"Drift statistic {stat} of each feature, newest check.", "feature",
+                         [(f["feature"], f["statistics"][stat]) for f in report["features"] if stat in f["statistics"]])
     for stat in _EMBEDDING_STATS:
-        rows = [(e["scenario"], e["statistics"][stat]) for e in report["embeddings"] if stat in e["statistics"]]
-        if rows:
-            lines += [f"# HELP qanchor_embedding_drift_{stat} Embedding drift {stat} per scenario, newest check.",
-                      f"# TYPE qanchor_embedding_drift_{stat} gauge"]
-            lines += [f'qanchor_embedding_drift_{stat}{{scenario="{_escape(name)}"}} {value:.6g}' for name, value in rows]
+        lines += _family(f"qanchor_embedding_drift_{stat}", f"Embedding drift {stat} per scenario, newest check.",
+                         "scenario", [(e["scenario"], e["statistics"][stat]) for e in report["embeddings"]
+                                      if stat in e["statistics"]])
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ def _profile(data: Path, spec: ModalitySpec, snapshots: list[pd.Timestamp], rece
     return pooled
 
 
-@click.command("build-reference", short_help="Freeze the serving backbone's training data as the drift reference.")
+@click.command("build-reference", short_help="Freeze the backbone's training data as drift reference.")
 @click.option("--backbone", default="champion", show_default=True, help="Backbone alias or version.")
 @click.option("--repo", type=FEATURE_REPO, default=None,
               help="Feature repository it was trained on; default: the one its pretraining run names.")
@@ -118,7 +118,7 @@ def build_reference_command(backbone: str, repo: Path | None, snapshots: str, ou
                f"{len(reference.embeddings)} scenarios' embeddings -> {folder}")
 
 
-@click.command("check", short_help="Check one day's features and embeddings for drift; exit 1 on drift.")
+@click.command("check", short_help="Check a day's features and embeddings for drift.")
 @click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), required=True,
               help="Day to check: the store's snapshot stamped on it (UTC).")
 @click.option("--repo", type=FEATURE_REPO, required=True, help="Feature repository holding that day's snapshot.")

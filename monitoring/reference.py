@@ -18,8 +18,6 @@ atomically, so a re-import of the feature store cannot change what "normal" mean
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ from monitoring.drift_config import DriftThresholds
 from monitoring.snapshot_profile import SnapshotProfile
 from monitoring.statistics import OTHER, bin_shares, quantile_edges
 from qanchor.features import history_view_name
+from qanchor.staged_folder import staged_folder
 
 REFERENCE_FILE = "reference.json"
 #: Values per numeric feature kept for the KS test (a seeded sample; KS D is stable well below this).
@@ -89,10 +88,7 @@ class Reference:
 
     def save(self, folder: Path, suites: dict[str, dict]) -> Path:
         """Write the folder atomically (staged next to it, then renamed over any older one)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with staged_folder(folder) as staging:
             meta = {k: v for k, v in asdict(self).items() if k not in ("samples", "vocabulary", "embeddings")}
             (staging / REFERENCE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
             pd.DataFrame([(f, float(v)) for f, values in self.samples.items() for v in values],
@@ -104,13 +100,7 @@ class Reference:
             (staging / "suites").mkdir()
             for table, suite in suites.items():
                 (staging / "suites" / f"{table}.json").write_text(json.dumps(suite, indent=1) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: Path) -> Reference:

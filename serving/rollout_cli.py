@@ -36,7 +36,7 @@ def _run(step):
         raise click.ClickException(str(err)) from None
 
 
-@click.command("apply", short_help="Server-side apply a rendered overlay (default k8s/overlays/ab).")
+@click.command("apply", short_help="Server-side apply a rendered overlay (default: ab).")
 @click.option("--overlay", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=Path("k8s/overlays/ab"), show_default=True, help="Kustomize overlay to render and apply.")
 @_common

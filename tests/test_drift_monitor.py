@@ -26,7 +26,6 @@ from monitoring.drift_check import run_check
 from monitoring.drift_config import DriftThresholds
 from monitoring.embedding_drift import embedding_drift
 from monitoring.gate import latest_check
-from monitoring.reference import build_reference
 from monitoring.snapshot_profile import read_snapshot
 from qanchor.cli import cli
 from qanchor.synthetic.drift import DriftSpecError, parse_drift

@@ -92,10 +92,14 @@ def promote(version: str, name: str = BACKBONE_MODEL, alias: str = "champion",
 
 
 def training_repo(alias_or_version: str, name: str = BACKBONE_MODEL) -> Path | None:
-    """The feature repository a backbone's pretraining run read (its `data.feature_repo` param), if recorded."""
+    """The feature repository a backbone's pretraining run read (its `data.feature_repo` param), if recorded.
+
+    None too for a version that does not exist: the caller's own lookup then says so."""
     registry = client()
-    version = backbone_version(alias_or_version, name)
-    run_id = registry.get_model_version(name, version).run_id
+    try:
+        run_id = registry.get_model_version(name, backbone_version(alias_or_version, name)).run_id
+    except TrackingError:
+        return None
     if not run_id:
         return None
     repo = registry.get_run(run_id).data.params.get("data.feature_repo")

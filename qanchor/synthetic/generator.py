@@ -17,8 +17,6 @@ Output layout (each table is a directory of `part-NNNNN.parquet` files, one per 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +28,7 @@ import pyarrow.parquet as pq
 import yaml
 from tqdm.auto import tqdm
 
+from qanchor.staged_folder import staged_folder
 from qanchor.synthetic.catalog import TRAITS
 from qanchor.synthetic.drift import Drift, apply_drifts
 from qanchor.synthetic.events import generate_window
@@ -169,11 +168,9 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts = {"events": 0, "future_events": 0, "d_future": 0, "d_uqa": 0}
     positives = np.zeros(len(TASKS), dtype=np.int64)
-    try:
+    with staged_folder(out) as staging:
         with tqdm(total=config.users, unit="user", desc="generate", disable=not progress) as bar:
             for chunk_index, first in enumerate(range(0, config.users, config.chunk_users)):
                 n = min(config.chunk_users, config.users - first)
@@ -201,12 +198,6 @@ def generate(config: GeneratorConfig, out: Path, overwrite: bool = False, progre
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         (staging / "tasks.yaml").write_text(yaml.safe_dump(task_file(), sort_keys=False))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
