@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -58,3 +60,33 @@ def sqlite_store(features, tmp_path_factory):
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
+
+
+@contextmanager
+def tracking_store(folder: Path) -> Iterator[str]:
+    """MLFLOW_TRACKING_URI pointing at a fresh SQLite store in `folder` while the block runs."""
+    uri = f"sqlite:///{folder}/mlruns.db"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def log_tiny_backbone(spec, folder: Path, seed: int = 0, params: dict[str, str] | None = None) -> str:
+    """An untrained `tiny` backbone logged to a `qanchor-pretrain` run (with `params`); its model URI."""
+    import pandas as pd
+
+    from qanchor.model import ModelSettings, QAnchor
+    from training import tracking
+
+    model_dir = QAnchor.build(spec, ModelSettings(), seed=seed).save_pretrained(folder / "model")
+    experiment = tracking.open_experiment(os.environ["MLFLOW_TRACKING_URI"], "qanchor-pretrain")
+    with tracking.mlflow.start_run(experiment_id=experiment):
+        tracking.mlflow.log_params(params or {})
+        return tracking.log_backbone(model_dir, pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"],
+                                                              "reference_time": [0]}))

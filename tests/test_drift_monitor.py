@@ -9,7 +9,6 @@ query-only scenario in a SQLite MLflow registry, the `qanchor monitor` commands,
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import log_tiny_backbone, tracking_store
 from prometheus_client.parser import text_string_to_metric_families
 
 from feature_repo.ingest import ImportConfig, import_data
@@ -61,31 +61,18 @@ def _cli(*args: str):
 @pytest.fixture(scope="module")
 def registry_env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("drift")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns.db"
-    yield tmp
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    with tracking_store(tmp):
+        yield tmp
 
 
 @pytest.fixture(scope="module")
 def trained(registry_env, spec):
     """A training store, a tiny backbone registered as champion on it, a query-only scenario, and its reference."""
-    from qanchor.model import ModelSettings, QAnchor
-    from training import registry, tracking
+    from training import registry
     from training.scenario_registry import register_scenario
 
-    tmp = registry_env
-    store = _store(tmp, 100, TRAINED, spec)
-    model = QAnchor.build(spec, ModelSettings(), seed=3)
-    folder = model.save_pretrained(tmp / "model")
-    experiment = tracking.open_experiment(os.environ["MLFLOW_TRACKING_URI"], "qanchor-pretrain")
-    with tracking.mlflow.start_run(experiment_id=experiment):
-        tracking.mlflow.log_param("data.feature_repo", str(store.repo))
-        uri = tracking.log_backbone(folder, pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"],
-                                                          "reference_time": [0]}))
+    store = _store(registry_env, 100, TRAINED, spec)
+    uri = log_tiny_backbone(spec, registry_env, seed=3, params={"data.feature_repo": str(store.repo)})
     registry.register(uri, registry.BACKBONE_MODEL, "champion", {"feature_version": store.feature_version})
     register_scenario("travel_booking", "will this user book a flight or hotel soon?", store, backbone="champion")
     result = _cli("monitor", "build-reference", "--backbone", "champion")

@@ -10,11 +10,9 @@ still takes traffic.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -31,6 +29,7 @@ from serving.rollout import (
     object_path,
     render_overlay,
 )
+from conftest import log_tiny_backbone, tracking_store
 from kube_stand_in import StandInApiServer, deployment
 
 NS = "qanchor"
@@ -42,24 +41,14 @@ needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kube
 @pytest.fixture(scope="module")
 def backbones(tmp_path_factory, spec):
     """qanchor-backbone v1 (champion) and v2 (challenger) in a fresh SQLite registry."""
-    from qanchor.model import ModelSettings, QAnchor
-    from training import registry, tracking
+    from training import registry
 
     tmp = tmp_path_factory.mktemp("rollout")
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlruns.db"
-    folder = QAnchor.build(spec, ModelSettings(), seed=1).save_pretrained(tmp / "model")
-    experiment = tracking.open_experiment(os.environ["MLFLOW_TRACKING_URI"], "qanchor-pretrain")
-    with tracking.mlflow.start_run(experiment_id=experiment):
-        uri = tracking.log_backbone(folder, pd.DataFrame({"user_id": ["u"], "features": ["{}"], "query": ["q"],
-                                                          "reference_time": [0]}))
-    registry.register(uri, registry.BACKBONE_MODEL, "champion", {})
-    registry.register(uri, registry.BACKBONE_MODEL, "challenger", {})
-    yield tmp
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
+    with tracking_store(tmp):
+        uri = log_tiny_backbone(spec, tmp, seed=1)
+        registry.register(uri, registry.BACKBONE_MODEL, "champion", {})
+        registry.register(uri, registry.BACKBONE_MODEL, "challenger", {})
+        yield tmp
 
 
 def _route(champion: int, challenger: int) -> dict:

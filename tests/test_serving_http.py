@@ -19,8 +19,8 @@ import pytest
 import requests
 import torch
 
-from qanchor.model import ModelSettings, QAnchor
-from training import registry, tracking
+from conftest import log_tiny_backbone, tracking_store
+from training import registry
 from training.scenario_registry import register_scenario
 from training.scenario_tuning import TuningSettings
 
@@ -50,28 +50,15 @@ def _wait(url: str, status: int, seconds: float = 120) -> requests.Response:
 def registered(tmp_path_factory, sqlite_store, spec):
     """A tracking store holding one tiny backbone (v1, alias challenger; no champion yet) and a tuned scenario."""
     tmp = tmp_path_factory.mktemp("serving")
-    uri = f"sqlite:///{tmp}/mlruns.db"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        model = QAnchor.build(spec, ModelSettings(), seed=5)
-        folder = model.save_pretrained(tmp / "model")
-        experiment = tracking.open_experiment(uri, "qanchor-pretrain")
-        with tracking.mlflow.start_run(experiment_id=experiment):
-            model_uri = tracking.log_backbone(folder, pd.DataFrame({"user_id": ["u"], "features": ["{}"],
-                                                                    "query": ["q"], "reference_time": [0]}))
+    with tracking_store(tmp) as uri:
+        model_uri = log_tiny_backbone(spec, tmp, seed=5)
         registry.register(model_uri, registry.BACKBONE_MODEL, "challenger", {"feature_version": sqlite_store.feature_version},
                           on_version=lambda v: {"feature_service": sqlite_store.register_backbone(v, list(spec.names))})
         users = pd.read_parquet(sqlite_store.settings.data / "profile", columns=["user_id"])["user_id"].tolist()
         labels = pd.DataFrame({"user_id": users, "label": [i % 3 == 0 for i in range(len(users))]}).astype({"label": int})
         register_scenario("travel_booking", "will this user book travel soon?", sqlite_store, labels, backbone="challenger",
                           settings=TuningSettings(tokens=2, steps=4, batch_size=16, eval_every=2))
-        yield {"uri": uri, "tmp": tmp, "users": users, "folder": folder}
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+        yield {"uri": uri, "tmp": tmp, "users": users}
 
 
 @pytest.fixture(scope="module")
