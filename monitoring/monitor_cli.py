@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from feature_repo.layout import DATA_MANIFEST, repo_settings
 from feature_repo.params import FEATURE_REPO
 from monitoring.drift_config import load_thresholds
-from monitoring.reference import Reference, ReferenceError, build_reference, reference_folder
+from monitoring.reference import DriftReferenceError, Reference, build_reference, reference_folder
 from monitoring.snapshot_profile import MonitorInputError, SnapshotProfile, read_snapshot, snapshot_at, snapshot_times
 from qanchor.modality_spec import ModalitySpec, parse_spec
 
@@ -157,7 +157,7 @@ def check_command(day: datetime, repo: Path, backbone: str, reference_path: Path
         data, spec, _ = _store_data(repo)
         snapshot = snapshot_at(data, spec, pd.Timestamp(day, tz="UTC"))
         profile = read_snapshot(data, spec, snapshot, reference.recent_days)
-    except (ReferenceError, MonitorInputError, TrackingError) as err:
+    except (DriftReferenceError, MonitorInputError, TrackingError) as err:
         raise click.ClickException(str(err)) from None
     embeddings = []
     if reference.embeddings and not no_embeddings:

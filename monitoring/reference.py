@@ -38,7 +38,7 @@ SAMPLE_VALUES = 20_000
 QUANTILES = (0.5, 0.9)
 
 
-class ReferenceError(ValueError):
+class DriftReferenceError(ValueError):
     """No usable reference for the asked backbone (never built, or built from another store)."""
 
 
@@ -107,7 +107,7 @@ class Reference:
         folder = Path(folder)
         path = folder / REFERENCE_FILE
         if not path.is_file():
-            raise ReferenceError(f"no drift reference in {folder}; build one with `qanchor monitor build-reference`")
+            raise DriftReferenceError(f"no drift reference in {folder}; build one with `qanchor monitor build-reference`")
         meta = json.loads(path.read_text())
         samples = pd.read_parquet(folder / "samples.parquet")
         vocabulary = pd.read_parquet(folder / "vocabulary.parquet")
