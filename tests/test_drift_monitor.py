@@ -39,19 +39,30 @@ DRIFT_START = "2026-09-25"
 NULL_SEEDS = 20
 
 
-def _features(tmp: Path, seed: int, as_of: datetime, spec, drifts: tuple[str, ...] = ()) -> Path:
+def _features(tmp: Path, seed: int, as_of: datetime, spec, drifts: tuple[str, ...] = (), users: int = USERS) -> Path:
     raw, features = tmp / f"raw-{seed}", tmp / f"features-{seed}"
-    generate(GeneratorConfig(users=USERS, seed=seed, as_of=as_of, drifts=tuple(parse_drift(d) for d in drifts)),
+    generate(GeneratorConfig(users=users, seed=seed, as_of=as_of, drifts=tuple(parse_drift(d) for d in drifts)),
              raw, progress=False)
     import_data(ImportConfig(events=raw / "events", profiles=raw / "profiles", out=features, spec=spec, as_of=as_of,
                              snapshots=1), progress=False)
     return features
 
 
-def _store(tmp: Path, seed: int, as_of: datetime, spec, drifts: tuple[str, ...] = ()) -> UserFeatureStore:
-    store = UserFeatureStore(write_repo(tmp / f"repo-{seed}", _features(tmp, seed, as_of, spec, drifts)))
-    store.apply()
+def _store(tmp: Path, seed: int, as_of: datetime, spec, drifts: tuple[str, ...] = (),
+           apply: bool = False, users: int = USERS) -> UserFeatureStore:
+    """A Feast repository over a fresh import; `apply` registers it with Feast (embedding reads need that,
+    feature drift reads the view sources directly)."""
+    store = UserFeatureStore(write_repo(tmp / f"repo-{seed}", _features(tmp, seed, as_of, spec, drifts, users)))
+    if apply:
+        store.apply()
     return store
+
+
+def _thresholds(folder: Path) -> Path:
+    """The default thresholds with 200 users embedded per side (the default 500 costs time, not coverage)."""
+    path = folder / "thresholds.yaml"
+    path.write_text("embedding_users: 200\n")
+    return path
 
 
 def _cli(*args: str):
@@ -71,11 +82,11 @@ def trained(registry_env, spec):
     from training import registry
     from training.scenario_registry import register_scenario
 
-    store = _store(registry_env, 100, TRAINED, spec)
+    store = _store(registry_env, 100, TRAINED, spec, apply=True)
     uri = log_tiny_backbone(spec, registry_env, seed=3, params={"data.feature_repo": str(store.repo)})
     registry.register(uri, registry.BACKBONE_MODEL, "champion", {"feature_version": store.feature_version})
     register_scenario("travel_booking", "will this user book a flight or hotel soon?", store, backbone="champion")
-    result = _cli("monitor", "build-reference", "--backbone", "champion")
+    result = _cli("monitor", "build-reference", "--backbone", "champion", "--thresholds", str(_thresholds(registry_env)))
     assert result.exit_code == 0, result.output
     return store
 
@@ -92,10 +103,11 @@ def test_build_reference_reads_the_backbones_training_store_and_embeds_its_scena
 
 
 def test_a_no_drift_day_passes_and_writes_json_html_data_docs_and_gauges(trained, tmp_path, spec):
-    today = _store(tmp_path, 7, TODAY, spec)
+    today = _store(tmp_path, 7, TODAY, spec, apply=True)
     prom = tmp_path / "textfile" / "qanchor_drift.prom"
     result = _cli("monitor", "check", "--date", "2026-10-15", "--repo", str(today.repo), "--backbone", "champion",
-                  "--reference", str(trained.repo / "monitoring" / "reference" / "v1"), "--textfile", str(prom))
+                  "--reference", str(trained.repo / "monitoring" / "reference" / "v1"), "--textfile", str(prom),
+                  "--thresholds", str(_thresholds(tmp_path)))
     assert result.exit_code == 0, result.output
     folder = today.repo / "monitoring" / "checks" / "2026-10-15"
     report = json.loads((folder / "drift.json").read_text())
@@ -136,8 +148,12 @@ def test_each_injected_drift_fails_the_check_naming_its_feature(trained, tmp_pat
         assert not [f for f in flagged if f.startswith(quiet)], flagged.keys()
 
 
+@pytest.mark.slow
 def test_false_alarm_rate_over_independent_no_drift_populations(trained, spec, tmp_path, capsys):
-    """Each seed is a fresh population with no drift; a check that fails on one is a false alarm."""
+    """Each seed is a fresh population with no drift; a check that fails on one is a false alarm.
+
+    About two minutes (20 imports of 500 users), so it runs in `make test-slow`; its last figure
+    is in docs/monitoring.md."""
     from monitoring.reference import Reference
 
     thresholds = DriftThresholds()
@@ -175,7 +191,7 @@ def _break(store: UserFeatureStore, how: str) -> None:
     ("all_null", "2026-10-15", "'income_monthly' is null for all"),
 ])
 def test_input_it_cannot_judge_is_an_error_that_writes_nothing(trained, tmp_path, spec, how, date, message):
-    today = _store(tmp_path, 9, TODAY, spec)
+    today = _store(tmp_path, 9, TODAY, spec, users=120)
     _break(today, how)
     result = CliRunner().invoke(cli, ["monitor", "check", "--date", date, "--repo", str(today.repo), "--no-embeddings",
                                        "--reference", str(trained.repo / "monitoring" / "reference" / "v1")])

@@ -3,7 +3,7 @@
 Every overlay and the jobs are rendered with `kubectl kustomize` (skipped, saying so, where
 kubectl is absent). Core objects are validated with `kubernetes-validate --strict` (schemas of
 Kubernetes 1.37); the custom resources it cannot know (HTTPRoute, PyTorchJob) against the CRD
-schemas published with Gateway API v1.6.1 and Kubeflow Training v1.9.4 (../shared/k8s-crds),
+schemas published with Gateway API v1.6.1 and Kubeflow Training v1.9.4 (tests/crds),
 with unknown fields refused as `kubectl apply --validate=strict` would. Each validator and each
 policy is also shown to fail on a deliberately broken manifest, so none can pass vacuously.
 """
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CRDS = ROOT.parent / "shared" / "k8s-crds"
+CRDS = Path(__file__).resolve().parent / "crds"
 KUSTOMIZATIONS = ["k8s/base", "k8s/overlays/cpu-dev", "k8s/overlays/gpu", "k8s/overlays/ab", "k8s/jobs"]
 CRD_FILES = {("gateway.networking.k8s.io", "HTTPRoute"): "gateway-api-v1.6.1_httproutes.yaml",
              ("kubeflow.org", "PyTorchJob"): "kubeflow-training-v1.9.4_pytorchjobs.yaml"}
