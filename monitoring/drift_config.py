@@ -34,6 +34,8 @@ class DriftThresholds(BaseModel):
     #: Relative change of the mean and of the median / 90th percentile that GE's suite allows.
     mean_change: float = Field(0.2, gt=0)
     quantile_change: float = Field(0.3, gt=0)
+    #: Relative change of the standard deviation GE's suite allows (heavy-tailed amounts need room).
+    stdev_change: float = Field(0.5, gt=0, lt=1)
     #: Floor of the Jensen-Shannon distance (base 2) between category shares (reference top-k + other).
     js: float = Field(0.05, gt=0, le=1)
     #: Share of recent event weight on kinds the reference never saw.

@@ -2,7 +2,7 @@
 
 Suites come from the reference (`monitoring.reference`): per numeric feature GE's own
 distribution expectations (KL divergence from the reference histogram, median and 90th
-percentile bounds, mean bounds) and a null-share bound; per categorical profile field the KL
+percentile bounds, mean and standard-deviation bounds) and a null-share bound; per categorical profile field the KL
 divergence from its reference shares. The Checkpoint's `UpdateDataDocsAction` renders GE's Data
 Docs into the check's folder, so the same run gives the pass/fail and the pages a person reads.
 """
@@ -86,6 +86,9 @@ def _numeric_expectations(reference: Reference, feature: str, thresholds: DriftT
     slack = _slack(ref.mean, ref.std, thresholds.mean_change, False)
     expectations.append(E.ExpectColumnMeanToBeBetween(column=ref.column, min_value=ref.mean - slack,
                                                       max_value=ref.mean + slack, meta=meta))
+    if ref.std > 0:
+        expectations.append(E.ExpectColumnStdevToBeBetween(column=ref.column, min_value=ref.std * (1 - thresholds.stdev_change),
+                                                           max_value=ref.std * (1 + thresholds.stdev_change), meta=meta))
     return expectations
 
 
