@@ -58,7 +58,7 @@ demo: $(STAMP)
 		--as-of $(DRIFT_DAY) --snapshots 1 --out $(DEMO_DIR)/drifted/features \
 		&& $(BIN)/qanchor features apply --data $(DEMO_DIR)/drifted/features --repo $(DEMO_DIR)/drifted/store \
 		&& { $(BIN)/qanchor monitor check --date $(DRIFT_DAY) --repo $(DEMO_DIR)/drifted/store --backbone challenger; \
-		test $$? -eq 1 && echo "the injected spending drift was flagged, as it should be"; })
+		test $$? -eq 1 && echo "the injected spending drift was flagged as it should be"; })
 	@$(call step,serve + query,BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger)
 	@$(BIN)/python -m qanchor.demo_summary --timings $(TIMINGS) --repo $(DEMO_DIR)/feature_store --report reports/demo
 
