@@ -57,7 +57,8 @@ demo: $(STAMP)
 		&& $(BIN)/qanchor data import --events $(DEMO_DIR)/drifted/raw/events --profiles $(DEMO_DIR)/drifted/raw/profiles \
 		--as-of $(DRIFT_DAY) --snapshots 1 --out $(DEMO_DIR)/drifted/features \
 		&& $(BIN)/qanchor features apply --data $(DEMO_DIR)/drifted/features --repo $(DEMO_DIR)/drifted/store \
-		&& { $(BIN)/qanchor monitor check --date $(DRIFT_DAY) --repo $(DEMO_DIR)/drifted/store --backbone challenger; \
+		&& { $(BIN)/qanchor monitor check --date $(DRIFT_DAY) --repo $(DEMO_DIR)/drifted/store --backbone challenger \
+		--reference $(DEMO_DIR)/feature_store/monitoring/reference/v1; \
 		test $$? -eq 1 && echo "the injected spending drift was flagged as it should be"; })
 	@$(call step,serve + query,BIN=$(BIN) serving/demo.sh $(DEMO_DIR)/feature_store challenger)
 	@$(BIN)/python -m qanchor.demo_summary --timings $(TIMINGS) --repo $(DEMO_DIR)/feature_store --report reports/demo

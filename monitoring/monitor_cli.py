@@ -140,7 +140,7 @@ def check_command(day: datetime, repo: Path, backbone: str, reference_path: Path
 
     Writes drift.json, report.html and GE Data Docs; exits 1 when anything drifted, so a CronJob
     or pipeline can gate on it. Input it cannot judge (no snapshot that day, a changed schema,
-    an all-null column) is an error that writes nothing.
+    an all-null column, no reference) exits 2 and writes nothing.
     """
     from monitoring.drift_check import run_check, write_check
     from monitoring.drift_report_html import render_report
@@ -158,7 +158,7 @@ def check_command(day: datetime, repo: Path, backbone: str, reference_path: Path
         snapshot = snapshot_at(data, spec, pd.Timestamp(day, tz="UTC"))
         profile = read_snapshot(data, spec, snapshot, reference.recent_days)
     except (DriftReferenceError, MonitorInputError, TrackingError) as err:
-        raise click.ClickException(str(err)) from None
+        raise click.UsageError(str(err)) from None  # exit 2: "could not judge", never mistaken for drift (1)
     embeddings = []
     if reference.embeddings and not no_embeddings:
         current, _ = _embed_sample(reference.backbone_version, repo, profile.users, snapshot,
@@ -170,7 +170,7 @@ def check_command(day: datetime, repo: Path, backbone: str, reference_path: Path
         try:
             report = run_check(reference, profile, thresholds, date, embeddings, docs, seed)
         except MonitorInputError as err:
-            raise click.ClickException(str(err)) from None
+            raise click.UsageError(str(err)) from None
         written = write_check(out or check_folder(repo, date), report, lambda r: render_report(r, reference, profile), docs)
     if textfile is not None:
         write_textfile(report.to_dict(), textfile)

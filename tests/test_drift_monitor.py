@@ -195,7 +195,7 @@ def test_input_it_cannot_judge_is_an_error_that_writes_nothing(trained, tmp_path
     _break(today, how)
     result = CliRunner().invoke(cli, ["monitor", "check", "--date", date, "--repo", str(today.repo), "--no-embeddings",
                                        "--reference", str(trained.repo / "monitoring" / "reference" / "v1")])
-    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output
     assert not (today.repo / "monitoring" / "checks").exists()
 
