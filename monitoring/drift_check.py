@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from monitoring.drift_config import DriftThresholds
 from monitoring.drift_suites import build_suites, run_checkpoint
@@ -214,6 +213,4 @@ def write_check(out: Path, report: DriftReport, render_html, docs_staging: Path 
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
     raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -45,10 +45,16 @@ def read_outcome(path: Path) -> CheckOutcome:
     return CheckOutcome(report["date"], bool(report["success"]), Path(path), failed)
 
 
-def latest_check(repo: Path) -> CheckOutcome | None:
-    """The newest check (by date) under the repository's `monitoring/checks/`, or None if never checked."""
+def newest_report(repo: Path) -> Path | None:
+    """The `drift.json` of the newest check (by date) under the repository's `monitoring/checks/`."""
     reports = sorted(checks_folder(repo).glob(f"*/{DRIFT_FILE}"), key=lambda p: p.parent.name)
-    return read_outcome(reports[-1]) if reports else None
+    return reports[-1] if reports else None
+
+
+def latest_check(repo: Path) -> CheckOutcome | None:
+    """The newest check's outcome, or None if the repository was never checked."""
+    newest = newest_report(repo)
+    return read_outcome(newest) if newest else None
 
 
 def require_passing_check(repo: Path, force: bool, action: str) -> CheckOutcome | None:

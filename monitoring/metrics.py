@@ -12,6 +12,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from monitoring.gate import newest_report
+
 _FEATURE_STATS = ("psi", "ks", "js", "unseen_share", "null_share")
 _EMBEDDING_STATS = ("domain_auc", "centroid_shift", "cosine_ks")
 
@@ -68,12 +70,9 @@ class LatestDriftMetrics:
         self._text = ""
 
     def text(self) -> str:
-        from monitoring.gate import DRIFT_FILE, checks_folder
-
-        reports = sorted(checks_folder(self.repo).glob(f"*/{DRIFT_FILE}"), key=lambda p: p.parent.name)
-        if not reports:
+        newest = newest_report(self.repo)
+        if newest is None:
             return ""
-        newest = reports[-1]
         try:
             key = (newest, newest.stat().st_mtime)
             if key != self._seen:

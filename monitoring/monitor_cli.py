@@ -29,15 +29,13 @@ def _store_data(repo: Path) -> tuple[Path, ModalitySpec, str]:
     return data, parse_spec(manifest["spec"], str(data / DATA_MANIFEST)), manifest["feature_version"]
 
 
-def _backbone_run(alias_or_version: str) -> tuple[str, str, str | None]:
-    """(version, feature_version, feature repo its pretraining config named) of a registered backbone."""
+def _backbone_run(alias_or_version: str) -> tuple[str, str, Path | None]:
+    """(version, feature_version, feature repo its pretraining run read) of a registered backbone."""
     from training import registry
 
     version = registry.backbone_version(alias_or_version)
-    client = registry.client()
-    model_version = client.get_model_version(registry.BACKBONE_MODEL, version)
-    params = client.get_run(model_version.run_id).data.params if model_version.run_id else {}
-    return version, model_version.tags.get("feature_version", ""), params.get("data.feature_repo")
+    tags = registry.client().get_model_version(registry.BACKBONE_MODEL, version).tags
+    return version, tags.get("feature_version", ""), registry.training_repo(version)
 
 
 def _embed_sample(version: str, repo: Path, users: np.ndarray, snapshot: pd.Timestamp, count: int, seed: int,
@@ -98,7 +96,7 @@ def build_reference_command(backbone: str, repo: Path | None, snapshots: str, ou
     if repo is None:
         if run_repo is None:
             raise click.UsageError(f"backbone v{version}'s run names no feature repository; pass --repo")
-        repo = FEATURE_REPO.convert(run_repo, None, None)
+        repo = FEATURE_REPO.convert(str(run_repo), None, None)
     data, spec, feature_version = _store_data(repo)
     if trained_on and trained_on != feature_version:
         raise click.ClickException(f"backbone v{version} was trained on feature version {trained_on}, but {repo} "

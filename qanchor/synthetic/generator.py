@@ -106,18 +106,16 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
     events = generate_window(rng, user_ids, traits, window_start, config.window_days)
     habits_observed, habits_future = habit_events(np.random.default_rng([config.seed, chunk_index, 1]), user_ids,
                                                   window_start, as_of, config.future_days)
-    if config.drifts:
-        # Trait shifts redraw behaviour (not habits, which are fixed payments); the rest apply to all events.
+    if config.drifts:  # their own random stream: a dataset without drifts is unchanged
         drift_rng = np.random.default_rng([config.seed, chunk_index, 2])
         redraw = lambda shifted, start, days: generate_window(drift_rng, user_ids, shifted, start, days)  # noqa: E731
-        traits_first = tuple(sorted(config.drifts, key=lambda d: d.kind != "trait"))
-        events = apply_drifts(drift_rng, events, tuple(d for d in traits_first if d.kind == "trait"), user_ids,
+        # A trait shift redraws behaviour, not habits (fixed payments), so it applies before they join.
+        events = apply_drifts(drift_rng, events, tuple(d for d in config.drifts if d.kind == "trait"), user_ids,
                               traits, as_of, redraw)
-        events = pd.concat([events, habits_observed], ignore_index=True)
-        events = apply_drifts(drift_rng, events, tuple(d for d in traits_first if d.kind != "trait"), user_ids,
+    events = pd.concat([events, habits_observed], ignore_index=True)
+    if config.drifts:
+        events = apply_drifts(drift_rng, events, tuple(d for d in config.drifts if d.kind != "trait"), user_ids,
                               traits, as_of, redraw)
-    else:
-        events = pd.concat([events, habits_observed], ignore_index=True)
     events = events.sort_values(["user_id", "event_time"], kind="stable", ignore_index=True)
 
     # The future drifts a little from the past; fading users (trend < 0) keep fading.
