@@ -57,6 +57,7 @@ from qanchor.model.batch import collate_users  # noqa: E402
 from qanchor.model.text_encoder import TextEmbeddingCache  # noqa: E402
 from training.data import Example, build_examples  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
+from training.example_stream import InMemoryExamples  # noqa: E402
 from training.evaluation.harness import (  # noqa: E402
     EvaluationSettings,
     evaluate,
@@ -186,7 +187,7 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
-    accuracy = fit(model, train, bundle.val, cfg, d)
+    accuracy = fit(model, InMemoryExamples(train), bundle.val, cfg, d)
     print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / retrieval_batch_size(cfg, len(bundle.val)):.3f})", flush=True)
     folder = model.save_pretrained(Path(cfg.output_dir) / "final")
     loaded = QAnchor.from_pretrained(folder, device=d.device)

@@ -19,11 +19,13 @@ import shutil
 import warnings
 from datetime import datetime, timedelta, timezone
 from importlib import resources
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import yaml
@@ -46,6 +48,7 @@ from feature_repo.objects import (  # noqa: E402  (first: it imports Feast witho
     update_settings,
 )
 from feature_repo.layout import SETTINGS_FILE, require_imported_features  # noqa: E402
+from feature_repo.point_in_time import FILE_OFFLINE_STORES, JoinedColumns, ParquetView, parquet_views  # noqa: E402
 from feast import FeatureStore  # noqa: E402
 from feast.data_source import PushMode  # noqa: E402
 from feast.online_response import TIMESTAMP_POSTFIX  # noqa: E402
@@ -58,6 +61,11 @@ OnlineStoreKind = Literal["sqlite", "redis"]
 #: Point-in-time reads: DuckDB (default) over the parquet sources, or Feast's older dask engine.
 #: Past one machine the same code runs on Feast's Spark or Ray offline stores (docs/data.md).
 OfflineStoreKind = Literal["duckdb", "dask"]
+#: "auto": local parquet sources are joined directly (feature_repo.point_in_time), others by Feast;
+#: "feast": always Feast's `get_historical_features` (the reference the direct join is tested against).
+PointInTimeEngine = Literal["auto", "feast"]
+#: Entity-row number carried through Feast's join, which does not keep the entity order.
+_ROW = "__entity_row"
 
 
 def write_repo(repo: Path, data: Path, online_store: OnlineStoreKind = "sqlite",
@@ -92,8 +100,9 @@ def write_repo(repo: Path, data: Path, online_store: OnlineStoreKind = "sqlite",
 class UserFeatureStore:
     """Q-Anchor's view of one Feast repository."""
 
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, point_in_time: PointInTimeEngine = "auto"):
         self.repo = Path(repo)
+        self.point_in_time = point_in_time
         self.settings = RepoSettings.load(self.repo)
         self.spec = self.settings.spec
         self._store = FeatureStore(repo_path=str(self.repo))
@@ -174,25 +183,11 @@ class UserFeatureStore:
             self._store.materialize(start_date=start, end_date=end or as_of + timedelta(seconds=1))
 
     def historical(self, entity_df: pd.DataFrame) -> pd.DataFrame:
-        """Point-in-time join: `entity_df` needs `user_id` and `event_timestamp` (UTC)."""
-        missing = {"user_id", "event_timestamp"} - set(entity_df.columns)
-        if missing:
-            raise ValueError(f"entity_df is missing columns {sorted(missing)}")
-        job = self._store.get_historical_features(entity_df=entity_df, features=self.feature_refs(),
-                                                  full_feature_names=True)
-        rows = job.to_df()
-        # Import writes a snapshot row for every known user (empty lists when idle), so a null
-        # snapshot means the row is older than every snapshot or the user is unknown: such rows
-        # would train on an empty user, so they fail here instead of silently passing as one.
-        snapshot_columns = [f"{event_view_name(m.name)}__n_events" for m in self.spec.event_modalities]
-        missing = rows[snapshot_columns].isna().all(axis=1) if snapshot_columns else pd.Series(False, index=rows.index)
-        if len(rows) != len(entity_df) or missing.any():
-            example = rows.loc[missing, ["user_id", "event_timestamp"]].head(1).to_dict("records")
-            raise ValueError(
-                f"point-in-time join found features for {len(rows) - int(missing.sum())} of {len(entity_df)} rows "
-                f"(e.g. {example}): those rows are older than every snapshot (oldest feature data: "
-                f"{max(self.settings.snapshot_days)} days before {self.settings.as_of}) or their users are unknown; "
-                "move those rows later, drop them or re-import")
+        """Point-in-time join: `entity_df` needs `user_id` and `event_timestamp` (UTC); rows in its order."""
+        entities = self._entities(entity_df)
+        columns = self.historical_columns(entities)
+        self._require_snapshots(entities, columns)
+        rows = pa.table(dict(columns)).to_pandas()
         # pandas turns a missing profile value (a nullable field, or a user without a profile
         # row) into NaN; the core reads missing as None, and keeps NaN for what it is: bad data.
         profile_columns = [f"{PROFILE_VIEW}__{f.name}" for f in (self.spec.profile.fields if self.spec.profile else ())]
@@ -200,13 +195,63 @@ class UserFeatureStore:
             rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
         return rows
 
+    @staticmethod
+    def _entities(entity_df: pd.DataFrame) -> pd.DataFrame:
+        missing = {"user_id", "event_timestamp"} - set(entity_df.columns)
+        if missing:
+            raise ValueError(f"entity_df is missing columns {sorted(missing)}")
+        return entity_df[["user_id", "event_timestamp"]].reset_index(drop=True)
+
+    def historical_columns(self, entities: pd.DataFrame) -> Mapping[str, pa.ChunkedArray]:
+        """The point-in-time join as Arrow columns (`<view>__<feature>`, entity row order), which is
+        what bulk conversion reads. Rows without any snapshot come back null (`_require_snapshots`).
+
+        Local parquet sources are joined by `JoinedColumns` (DuckDB, Feast's rule, view by view
+        while the caller converts); any other offline store, or `point_in_time="feast"`, goes
+        through Feast's own join.
+        """
+        views = self._parquet_views() if self.point_in_time == "auto" else None
+        if views is not None:
+            return JoinedColumns(pa.Table.from_pandas(entities, preserve_index=False), views)
+        job = self._store.get_historical_features(entity_df=entities.assign(**{_ROW: range(len(entities))}),
+                                                  features=self.feature_refs(), full_feature_names=True)
+        table = job.to_arrow().sort_by(_ROW).drop_columns([_ROW])
+        return {name: table.column(name) for name in table.column_names}
+
+    def _require_snapshots(self, entities: pd.DataFrame, columns: Mapping[str, pa.ChunkedArray]) -> None:
+        """Import writes a snapshot row for every known user (empty lists when idle), so a row with
+        no snapshot in any event view is older than every snapshot or its user is unknown: it
+        would train on an empty user, so it fails here instead of silently passing as one."""
+        found = np.zeros(len(entities), dtype=bool) if self.spec.event_modalities else np.ones(len(entities), dtype=bool)
+        for m in self.spec.event_modalities:
+            column = columns[f"{event_view_name(m.name)}__n_events"]
+            if len(column) != len(entities):
+                raise ValueError(f"point-in-time join returned {len(column)} rows for {len(entities)} entity rows")
+            found |= column.is_valid().to_numpy(zero_copy_only=False)
+        if not found.all():
+            example = entities.loc[~found, ["user_id", "event_timestamp"]].head(1).to_dict("records")
+            raise ValueError(
+                f"point-in-time join found features for {int(found.sum())} of {len(entities)} rows "
+                f"(e.g. {example}): those rows are older than every snapshot (oldest feature data: "
+                f"{max(self.settings.snapshot_days)} days before {self.settings.as_of}) or their users are unknown; "
+                "move those rows later, drop them or re-import")
+
+    def _parquet_views(self) -> list[ParquetView] | None:
+        if self._store.config.offline_store.type not in FILE_OFFLINE_STORES:
+            return None
+        service = self._store.get_feature_service(FEATURE_SERVICE)
+        return parquet_views([self._store.get_feature_view(p.name) for p in service.feature_view_projections])
+
     def features_at(self, user_ids: list[str], times: list[pd.Timestamp]) -> list[UserFeatures]:
         """Each user's features as of its time (point-in-time join), in the order given."""
-        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": list(times)})
+        entities = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": pd.to_datetime(list(times), utc=True)})
+        # Each distinct (user, time) is read once; groups are numbered in order of first appearance.
+        codes = entities.groupby(["user_id", "event_timestamp"], sort=False).ngroup().to_numpy()
         unique = entities.drop_duplicates(ignore_index=True)
-        by_key = {(r["user_id"], r["event_timestamp"]): UserFeatures.from_row(r["user_id"], r, self.spec)
-                  for r in self.historical(unique).to_dict("records")}
-        return [by_key[k] for k in zip(entities["user_id"], entities["event_timestamp"])]
+        columns = self.historical_columns(unique)
+        users = UserFeatures.from_columns(unique["user_id"].tolist(), columns, self.spec)
+        self._require_snapshots(unique, columns)
+        return [users[c] for c in codes.tolist()]
 
     def known_users(self) -> set[str]:
         """Every imported user (who can be labelled and served): import writes a snapshot row for
@@ -266,4 +311,4 @@ class UserFeatureStore:
         return True
 
     def online(self, user_ids: list[str]) -> list[UserFeatures]:
-        return [UserFeatures.from_row(u, row, self.spec) for u, row in zip(user_ids, self.online_rows(user_ids))]
+        return UserFeatures.from_rows(user_ids, self.online_rows(user_ids), self.spec)

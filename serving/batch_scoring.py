@@ -140,11 +140,18 @@ def open_run(out: Path, run: ScoringRun) -> None:
 
 def _user_features(user_ids: list[str], rows: list[dict], model: QAnchor,
                    skipped: Counter) -> list[UserFeatures]:
+    try:
+        converted: list[UserFeatures | None] = UserFeatures.from_rows(user_ids, rows, model.spec)
+    except FeatureValueError:  # rare: find the offending users one by one, keep the rest
+        converted = []
+        for user_id, row in zip(user_ids, rows):
+            try:
+                converted.append(UserFeatures.from_row(user_id, row, model.spec))
+            except FeatureValueError:
+                converted.append(None)
     users = []
-    for user_id, row in zip(user_ids, rows):
-        try:
-            user = UserFeatures.from_row(user_id, row, model.spec)
-        except (FeatureValueError, ValueError, TypeError):
+    for user in converted:
+        if user is None:
             skipped["invalid_features"] += 1
             continue
         if user.is_empty:

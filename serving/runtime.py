@@ -140,15 +140,19 @@ class EmbeddingRuntime:
             logger.warning("online store read failed: %s: %s", type(err).__name__, err)
             raise ApiError(503, "feature_store_unavailable", "the online feature store cannot be read; retry later",
                            retry_after=5) from None
+        try:
+            from_store = dict(zip(stored, UserFeatures.from_rows(stored, [rows[u] for u in stored], self.model.spec)))
+        except FeatureValueError as err:  # NaN values, wrong types or lengths; the message names the user
+            raise ApiError(422, "invalid_features", str(err)) from None
         users = []
         for user_id in user_ids:
-            try:
-                if user_id in inline:
+            if user_id in inline:
+                try:
                     users.append(self._inline_user(user_id, inline[user_id]))
-                    continue
-                user = UserFeatures.from_row(user_id, rows[user_id], self.model.spec)
-            except (FeatureValueError, ValueError, TypeError) as err:  # NaN times, wrong types
-                raise ApiError(422, "invalid_features", f"user {user_id!r}: {err}") from None
+                except FeatureValueError as err:
+                    raise ApiError(422, "invalid_features", str(err)) from None
+                continue
+            user = from_store[user_id]
             if user.is_empty:
                 raise ApiError(404, "unknown_user", f"user {user_id!r} has no features in the online store")
             users.append(user)

@@ -206,21 +206,3 @@ def test_redis_round_trip_matches_sqlite(redis_server, features, sqlite_store, d
     users = pd.read_parquet(dataset / "profiles")["user_id"].head(8).tolist() + ["no-such-user"]
     assert store.online(users) == sqlite_store.online(users)
     assert store.online(users[:1])[0].modalities["bill"].texts
-
-
-def test_duckdb_and_dask_point_in_time_reads_agree_row_for_row(features, dataset, tmp_path):
-    """The DuckDB default and Feast's dask engine return the same users' features at the same times.
-
-    The entity rows are distinct (user, time) pairs: dask silently drops entity rows that repeat a
-    pair, so a comparison with duplicates would only show that known dask defect.
-    """
-    duck = UserFeatureStore(write_repo(tmp_path / "duck", features))
-    dask = UserFeatureStore(write_repo(tmp_path / "dask", features, offline_store="dask"))
-    duck.apply()
-    dask.apply()
-    users = pd.read_parquet(dataset / "profiles", columns=["user_id"])["user_id"].head(60).tolist()
-    times = [pd.Timestamp(AS_OF) - pd.Timedelta(days=15 * (i % 3)) for i in range(len(users))]
-    from_duck, from_dask = duck.features_at(users, times), dask.features_at(users, times)
-    assert [u.user_id for u in from_duck] == users
-    assert from_duck == from_dask
-    assert any(len(u.modalities["bill"]) for u in from_duck)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import AS_OF
 from qanchor.synthetic.generator import GeneratorConfig, generate, generate_chunk, read_table
 from qanchor.synthetic.tasks import TASK_NAMES, TASKS, TRAIT_TASKS, label_from_future
-from qanchor.synthetic.uqa import TOPICS, check_answer, check_dataset, user_facts
+from qanchor.synthetic.uqa import RECENCY_TOPICS, TOPICS, check_answer, check_dataset, user_facts
 
 TABLES = ("events", "profiles", "future_events", "labels", "d_future", "d_uqa", "splits")
 
@@ -92,7 +93,7 @@ def test_tasks_depend_on_different_traits():
 
 
 def test_every_uqa_answer_is_consistent_with_the_users_data(dataset):
-    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"))
+    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"), pd.Timestamp(AS_OF))
     uqa = read_table(dataset, "d_uqa")
     assert len(set(uqa["topic"])) >= 10
     assert check_dataset(uqa, facts).empty
@@ -106,10 +107,12 @@ def test_every_uqa_answer_is_consistent_with_the_users_data(dataset):
         ("life_stage", lambda a: a.replace("tier-", "tier-9")),
         ("top_category", lambda a: "wealth: 1 of 1 payments." if not a.startswith("wealth") else "dining: 1 of 1 payments."),
         ("search", lambda a: a + " Also loves opera."),
+        ("plan_recency", lambda a: re.sub(r"^\d+", lambda m: str(int(m.group()) + 7), a)
+         if a[0].isdigit() else "12 days ago (1 payments in the last 90 days)."),
     ],
 )
 def test_uqa_check_catches_a_corrupted_answer(dataset, topic, corrupt):
-    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"))
+    facts = user_facts(read_table(dataset, "events"), read_table(dataset, "profiles"), pd.Timestamp(AS_OF))
     row = read_table(dataset, "d_uqa").query("topic == @topic").iloc[0]
     assert check_answer(topic, row.answer, facts.loc[row.user_id]).ok
     result = check_answer(topic, corrupt(row.answer), facts.loc[row.user_id])
@@ -126,6 +129,23 @@ def test_d_future_summarises_next_window_per_user_with_diversity(dataset):
     overdue = labels.index[labels["risk_overdue"] == 1]
     answers = d_future.set_index("user_id")["answer"]
     assert answers.loc[overdue].str.contains("late fee").all()
+
+
+def test_every_user_gets_one_recency_question_about_scheduled_payments(dataset):
+    """The old end of the window must be asked about, or pretraining never learns to keep it."""
+    uqa = read_table(dataset, "d_uqa")
+    recency = uqa[uqa["topic"].isin([t.name for t in RECENCY_TOPICS])]
+    assert recency["user_id"].is_unique and len(recency) == 300
+    answered = recency[~recency["answer"].str.startswith("No ")]
+    assert 0.2 < len(answered) / len(recency) < 0.8
+    assert answered["answer"].str.match(r"^\d+ days ago").all()
+
+
+def test_d_future_names_each_scheduled_payment_of_the_next_window(dataset):
+    future = read_table(dataset, "future_events")
+    planned = set(future.loc[future["category"] == "quarterly plans", "user_id"])
+    answers = read_table(dataset, "d_future").set_index("user_id")["answer"]
+    assert planned and answers.loc[sorted(planned)].str.contains("notably, paid [0-9.]+ at .*, quarterly plans").all()
 
 
 def test_splits_partition_users(dataset):

@@ -72,9 +72,10 @@ def _table(dataset: Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ratio: float,
-                   max_examples: int | None, seed: int, max_users: int | None = None) -> list[Example]:
-    """Examples of `split` users; `future_ratio` of them from D_future, the rest from D_uqa.
+def example_rows(dataset: Path, split: str, future_ratio: float, max_examples: int | None, seed: int,
+                 max_users: int | None = None) -> pd.DataFrame:
+    """The (`user_id`, `query_time`, `question`, `answer`) rows of `split` users, shuffled;
+    `future_ratio` of them from D_future, the rest from D_uqa.
 
     `max_users` draws that many of the split's users first (seeded), so a smaller pretraining
     set keeps every question of fewer users rather than one question of every user.
@@ -97,7 +98,18 @@ def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ra
     rows = pd.concat([future.sample(n=n_future, random_state=rng.integers(2**31)),
                       uqa.sample(n=n_uqa, random_state=rng.integers(2**31))], ignore_index=True)
     rows = rows.sample(frac=1.0, random_state=rng.integers(2**31), ignore_index=True)
+    return rows[["user_id", "query_time", "question", "answer"]]
 
-    features = store.features_at(list(rows["user_id"]), list(rows["query_time"]))
+
+def examples_from_rows(store: UserFeatureStore, rows: pd.DataFrame) -> list[Example]:
+    """Each row with its user's features as of `query_time` (one point-in-time read)."""
+    features = store.features_at(rows["user_id"].tolist(), rows["query_time"].tolist())
     return [Example(features=f, reference_time=int(r.query_time.timestamp()), query=r.question, answer=r.answer)
             for f, r in zip(features, rows.itertuples(index=False))]
+
+
+def build_examples(store: UserFeatureStore, dataset: Path, split: str, future_ratio: float,
+                   max_examples: int | None, seed: int, max_users: int | None = None) -> list[Example]:
+    """`example_rows` with their features, all in memory (held-out sets, bundles, benchmarks);
+    pretraining streams its training rows instead (`training.example_stream`)."""
+    return examples_from_rows(store, example_rows(dataset, split, future_ratio, max_examples, seed, max_users))

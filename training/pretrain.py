@@ -28,7 +28,8 @@ from qanchor.user_files import read_yaml_model
 from qanchor.losses import contrastive_loss, retrieval_accuracy
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
-from training.data import Example, build_examples, example_order
+from training.data import Example, build_examples, example_order, example_rows
+from training.example_stream import ExampleSource, StreamedExamples
 from training.distributed import Dist, gather_ids, gather_with_grad, init_distributed
 
 CHECKPOINT_DIR = "checkpoints"
@@ -53,6 +54,9 @@ class DataSettings(_Config):
     #: Examples of one user placed together in a batch (different questions, same features), so
     #: the same user's other answers are negatives; 1 = examples in plain random order.
     queries_per_user: int = Field(default=1, ge=1, le=16)
+    #: Training rows' features are read this many steps at a time (the next chunk while the
+    #: current one trains), so memory holds two chunks, not the whole set (~28 KiB per row).
+    stream_chunk_steps: int = Field(default=256, ge=1)
 
 
 class OptimSettings(_Config):
@@ -218,7 +222,7 @@ def _check_rows_per_rank(cfg: PretrainConfig, d: Dist) -> None:
         raise ConfigError(f"batch_size {cfg.optim.batch_size} gives {per_rank} rows per rank on {d.world} ranks; need >= 2")
 
 
-def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainConfig, d: Dist, *,
+def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainConfig, d: Dist, *,
         checkpoint: Path | None = None, progress: bool = True,
         log_metrics: Callable[[dict[str, float], int], None] | None = None) -> float:
     """The training loop alone, then held-out retrieval accuracy (rank 0; 0.0 on other ranks).
@@ -251,14 +255,13 @@ def fit(model: QAnchor, train: list[Example], val: list[Example], cfg: PretrainC
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
 
-    order = example_order([e.features.user_id for e in train], cfg.optim.steps * cfg.optim.batch_size,
+    order = example_order(train.user_ids, cfg.optim.steps * cfg.optim.batch_size,
                           cfg.data.queries_per_user, np.random.default_rng(cfg.seed))
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
+    batches = train.batches(order[start_step * cfg.optim.batch_size:], cfg.optim.batch_size, d.rank, d.world)
     tick, tokens_since = time.perf_counter(), 0.0
-    for step in bar:
-        ids = order[step * cfg.optim.batch_size:(step + 1) * cfg.optim.batch_size][d.rank::d.world]
-        batch = [train[i] for i in ids]
+    for step, batch in zip(bar, batches):
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
             losses = step_losses(network, model, batch, cfg, d)
         optimizer.zero_grad(set_to_none=True)
@@ -310,9 +313,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool = True, f
         experiment_id = tracking.open_experiment(uri, cfg.tracking.experiment)
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)  # raises BackboneError for an unknown preset
 
-    train = build_examples(store, cfg.data.dataset, "train", cfg.data.future_ratio, cfg.data.max_train_examples, cfg.seed,
-                           cfg.data.max_train_users)
     val = build_examples(store, cfg.data.dataset, "val", cfg.data.future_ratio, cfg.data.val_examples, cfg.seed + 1)
+    train = StreamedExamples(store, example_rows(cfg.data.dataset, "train", cfg.data.future_ratio,
+                                                 cfg.data.max_train_examples, cfg.seed, cfg.data.max_train_users),
+                             cfg.data.stream_chunk_steps)
     checkpoint = latest_checkpoint(cfg.output_dir) if resume else None
     run = None
     if d.main:

@@ -3,8 +3,9 @@
 The summary picks the user's most frequent (modality, category) behaviours greedily, damping
 a candidate's frequency each time its modality or category was already picked (a maximal-
 marginal-relevance style trade-off), so a heavy food-delivery user's summary still mentions
-their travel searches. Task marker events (late fee, fund purchase, ...) are always kept:
-they are the rare, decision-relevant actions the pretraining objective should learn to foresee.
+their travel searches. Task marker events (late fee, fund purchase, ...) and scheduled payments (a refill, a quarterly
+plan) are always kept: they are the rare, decision-relevant actions the pretraining objective
+should learn to foresee, and a scheduled payment is foreseeable only from WHEN the last one was.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def _select(groups: pd.DataFrame) -> list[pd.Series]:
     return chosen
 
 
-def summarise_future(user_ids: pd.Series, future_events: pd.DataFrame, query_time: pd.Timestamp) -> pd.DataFrame:
-    """One D_future row per user: (user_id, query_time, query, answer)."""
-    markers = future_events[future_events["category"].str.startswith("task:")]
-    regular = future_events[~future_events["category"].str.startswith("task:")]
+def summarise_future(user_ids: pd.Series, future_events: pd.DataFrame, query_time: pd.Timestamp,
+                     scheduled: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One D_future row per user: (user_id, query_time, query, answer); events of a `scheduled`
+    category are named one by one, like task markers."""
+    notable_rows = future_events["category"].str.startswith("task:") | future_events["category"].isin(scheduled)
+    markers = future_events[notable_rows]
+    regular = future_events[~notable_rows]
     groups = (
         regular.groupby(["user_id", "modality", "category"])
         .agg(n=("text", "size"), total=("amount", "sum"))

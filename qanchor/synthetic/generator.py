@@ -32,11 +32,11 @@ from qanchor.staged_folder import staged_folder
 from qanchor.synthetic.catalog import TRAITS
 from qanchor.synthetic.drift import Drift, apply_drifts
 from qanchor.synthetic.events import generate_window
-from qanchor.synthetic.habits import habit_events
+from qanchor.synthetic.habits import HABIT_CATEGORIES, habit_events
 from qanchor.synthetic.future_summary import FUTURE_QUERY, summarise_future
 from qanchor.synthetic.population import sample_ages, sample_profiles, sample_traits
 from qanchor.synthetic.tasks import PARAPHRASES, TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
-from qanchor.synthetic.uqa import sample_questions, user_facts
+from qanchor.synthetic.uqa import RECENCY_TOPICS, sample_questions, user_facts
 
 DEFAULT_AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
 
@@ -129,8 +129,11 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
 
     labels = label_from_future(user_ids, future)
     labels.insert(1, "label_time", as_of)
-    d_future = summarise_future(pd.Series(user_ids), future, as_of)
-    d_uqa = sample_questions(rng, user_facts(events, profiles), config.uqa_per_user, as_of)
+    d_future = summarise_future(pd.Series(user_ids), future, as_of, scheduled=HABIT_CATEGORIES)
+    facts = user_facts(events, profiles, as_of)
+    # One recency question per user, from its own stream so the splits drawn below stay as they were.
+    recency = sample_questions(np.random.default_rng([config.seed, chunk_index, 3]), facts, 1, as_of, RECENCY_TOPICS)
+    d_uqa = pd.concat([sample_questions(rng, facts, config.uqa_per_user, as_of), recency], ignore_index=True)
     split = np.asarray(SPLITS)[np.searchsorted(np.cumsum(SPLIT_FRACTIONS), rng.random(n_users), side="right").clip(0, 2)]
     # Profiles are static here; stamping them well before the window keeps every point-in-time
     # training row inside their validity (Feast drops entity rows older than a view's only row).

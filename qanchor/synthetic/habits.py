@@ -55,6 +55,9 @@ HABITS: tuple[Habit, ...] = (
           share=0.30, period_days=(88.0, 92.0), jitter_days=3.0, keep=0.90, one_off_observed=0.0, one_off_future=0.0),
 )
 
+#: Generator categories of scheduled payments (D_future names them like task markers).
+HABIT_CATEGORIES: tuple[str, ...] = tuple(h.category for h in HABITS)
+
 
 def habit_text(amount: float, merchant: str, category: str) -> str:
     """Rendered like every other payment (the default spec's bill template)."""

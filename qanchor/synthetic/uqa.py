@@ -87,7 +87,21 @@ TOPICS: tuple[Topic, ...] = (
         Variant("Mostly in the {active_period} ({active_period_count} of {n_events} events).", _positive("n_events")),
         Variant("No recorded activity.", _zero("n_events")))),
 )
-TOPIC_BY_NAME = {t.name: t for t in TOPICS}
+#: Questions about WHEN scheduled payments happened (habits.py): the answers live at the old end
+#: of the window, which the topics above, all about tastes and totals, never ask for. A
+#: pretraining objective that never asks about recency cannot teach the prefix to keep it.
+RECENCY_TOPICS: tuple[Topic, ...] = (
+    Topic("refill_recency", "When did this user last buy a refill product, and how often?", (
+        Variant("{refill_days_ago} days ago; {n_refill} refill purchases in the last 90 days, "
+                "about {refill_gap_days} days apart.", lambda f: f["n_refill"] >= 2),
+        Variant("{refill_days_ago} days ago, the only refill purchase in the last 90 days.",
+                lambda f: f["n_refill"] == 1),
+        Variant("No refill purchases in the last 90 days.", _zero("n_refill")))),
+    Topic("plan_recency", "When did this user last pay a quarterly plan?", (
+        Variant("{plan_days_ago} days ago ({n_plan} payments in the last 90 days).", _positive("n_plan")),
+        Variant("No quarterly plan payments in the last 90 days.", _zero("n_plan")))),
+)
+TOPIC_BY_NAME = {t.name: t for t in (*TOPICS, *RECENCY_TOPICS)}
 
 
 def _top(events: pd.DataFrame, mask: pd.Series, users: pd.Index) -> tuple[pd.Series, pd.Series]:
@@ -99,8 +113,20 @@ def _top(events: pd.DataFrame, mask: pd.Series, users: pd.Index) -> tuple[pd.Ser
             best["n"].reindex(users).fillna(0).astype(np.int64))
 
 
-def user_facts(events: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
-    """Facts per user (index user_id) from observation-window events (with `category`) and profiles."""
+def _recency(events: pd.DataFrame, mask: pd.Series, users: pd.Index, as_of: pd.Timestamp) -> tuple[pd.Series, pd.Series]:
+    """Whole days since the last matching event, and the mean whole-day gap between them (0 if < 2)."""
+    times = events.loc[mask, ["user_id", "event_time"]]
+    last = times.groupby("user_id")["event_time"].max().reindex(users)
+    first = times.groupby("user_id")["event_time"].min().reindex(users)
+    n = times.groupby("user_id").size().reindex(users).fillna(0)
+    days_ago = ((as_of - last).dt.total_seconds() // 86_400).fillna(0).astype(np.int64)
+    gap = ((last - first).dt.total_seconds() / 86_400 / (n - 1).where(n > 1)).round().fillna(0).astype(np.int64)
+    return days_ago, gap
+
+
+def user_facts(events: pd.DataFrame, profiles: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Facts per user (index user_id) from observation-window events (with `category`) and profiles;
+    recency is counted back from `as_of`."""
     users = pd.Index(profiles["user_id"], name="user_id")
     mod, cat = events["modality"], events["category"]
 
@@ -124,6 +150,11 @@ def user_facts(events: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
     facts["n_search"] = count(mod == "search")
     facts["top_search_category"], facts["top_search_count"] = _top(events, mod == "search", users)
     facts["n_transport"] = count(mod.isin(["bill", "mini"]) & (cat == "transport"))
+    refills, plans = bill & (cat == "refills"), bill & (cat == "quarterly plans")
+    facts["n_refill"] = count(refills)
+    facts["refill_days_ago"], facts["refill_gap_days"] = _recency(events, refills, users, as_of)
+    facts["n_plan"] = count(plans)
+    facts["plan_days_ago"], _ = _recency(events, plans, users, as_of)
     hours = events["event_time"].dt.hour
     period = pd.Series(pd.cut(hours, [p[1] for p in _PERIODS] + [24], right=False,
                               labels=[p[0] for p in _PERIODS]).astype(str), index=events.index)
@@ -144,14 +175,14 @@ def render_answer(topic: Topic, facts: pd.Series) -> str:
     raise ValueError(f"no variant of topic {topic.name!r} applies")
 
 
-def sample_questions(rng: np.random.Generator, facts: pd.DataFrame, per_user: int, query_time: pd.Timestamp) -> pd.DataFrame:
+def sample_questions(rng: np.random.Generator, facts: pd.DataFrame, per_user: int, query_time: pd.Timestamp,
+                     topics: tuple[Topic, ...] = TOPICS) -> pd.DataFrame:
     """`per_user` distinct topics per user, each with its grounded answer."""
-    n_topics = len(TOPICS)
-    picks = np.argsort(rng.random((len(facts), n_topics)), axis=1)[:, :per_user]
+    picks = np.argsort(rng.random((len(facts), len(topics))), axis=1)[:, :per_user]
     rows = []
     for (user_id, f), topic_idx in zip(facts.iterrows(), picks):
         for i in topic_idx:
-            topic = TOPICS[i]
+            topic = topics[i]
             rows.append((user_id, query_time, topic.name, topic.question, render_answer(topic, f)))
     return pd.DataFrame(rows, columns=["user_id", "query_time", "topic", "question", "answer"])
 
