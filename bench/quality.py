@@ -10,6 +10,7 @@ comparable within one run:
                        dataset with longer `max_events` to compare), no history tokens
   no_history           full without the [HIST_m] tokens
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
+  uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -75,7 +76,7 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "grouped", "no_contrastive", "no_ntp", "no_summary_tokens",
+VARIANTS = ("full", "legacy", "no_history", "grouped", "uniform", "no_contrastive", "no_ntp", "no_summary_tokens",
             "no_pretraining", "data_25", "data_50")
 
 
@@ -98,6 +99,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         cfg["model"]["history_tokens"] = False
     elif variant == "grouped":
         cfg["data"]["queries_per_user"] = 4
+    elif variant == "uniform":
+        cfg["model"]["loss"]["uniformity_weight"] = 0.5
     elif variant == "no_contrastive":
         cfg["model"]["loss"]["contrastive_weight"] = 0.0
     elif variant == "no_ntp":

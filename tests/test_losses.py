@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from qanchor.losses import _masked_infonce, contrastive_loss, retrieval_accuracy
+from qanchor.losses import _masked_infonce, contrastive_loss, retrieval_accuracy, uniformity_loss
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -84,3 +84,14 @@ def test_gradient_flows_through_all_gathered_embeddings_under_ddp(tmp_path):
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "ok").read_text() == "match"
+
+
+def test_uniformity_is_lower_for_spread_embeddings_than_for_a_crowded_cap():
+    """The optional term rewards users spread over the sphere, not crowded around one direction."""
+    torch.manual_seed(0)
+    spread = F.normalize(torch.randn(64, 32), dim=-1)
+    crowded = F.normalize(torch.ones(64, 32) + 0.1 * torch.randn(64, 32), dim=-1)
+    assert uniformity_loss(spread) < uniformity_loss(crowded) - 1.0
+    crowded.requires_grad_(True)
+    uniformity_loss(crowded).backward()
+    assert torch.isfinite(crowded.grad).all() and crowded.grad.abs().sum() > 0

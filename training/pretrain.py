@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from qanchor.user_files import read_yaml_model
-from qanchor.losses import contrastive_loss, retrieval_accuracy
+from qanchor.losses import contrastive_loss, retrieval_accuracy, uniformity_loss
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
 from training.data import Example, build_examples, example_order, example_rows
@@ -159,7 +159,11 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
                                    answers=answers_local, answers_all=gather_ids(answers_local, d),
                                    same_user_negatives=loss_cfg.same_user_negatives)
     total = loss_cfg.contrastive_weight * contrastive + loss_cfg.ntp_weight * ntp
-    return {"loss": total, "contrastive": contrastive, "ntp": ntp, "tokens": tokens.float(),
+    losses = {}
+    if loss_cfg.uniformity_weight > 0:
+        losses["uniformity"] = uniformity_loss(anchor_all)
+        total = total + loss_cfg.uniformity_weight * losses["uniformity"]
+    return {"loss": total, "contrastive": contrastive, "ntp": ntp, **losses, "tokens": tokens.float(),
             "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
 
 

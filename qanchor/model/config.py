@@ -52,6 +52,9 @@ class LossSettings(_Config):
     #: Keep a user's rows under other queries as negatives even when they score above the
     #: margin (see `qanchor.losses`); only matters when batches group users (`queries_per_user`).
     same_user_negatives: bool = True
+    #: Weight of `qanchor.losses.uniformity_loss` on the (all-gathered) anchors; 0 = the paper's
+    #: objective. Spreads users apart under the same query (for prototypes and cosine search).
+    uniformity_weight: float = Field(default=0.0, ge=0.0)
 
 
 class ModelSettings(_Config):
