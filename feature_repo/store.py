@@ -17,9 +17,9 @@ import contextlib
 import io
 import shutil
 import warnings
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
