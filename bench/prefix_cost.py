@@ -3,7 +3,8 @@
 Two layouts of the same users, measured in the same run:
 
   legacy     the store's full event sequences, no [HIST_m] tokens (before the history view)
-  history    the packaged spec's shorter sequences plus one [HIST_m] token per modality
+  pooled     the packaged spec's shorter sequences plus one pooled [HIST_m] token per modality
+  slots      the same with `history_slots` (default 4) attention-slot tokens per modality (the default)
 
 Per layout: mean prefix tokens per user, one pretraining step (forward + backward of both towers
 and both losses, fresh encoders, batch of --batch rows), and the cold cost of a served user
@@ -69,9 +70,10 @@ def main() -> None:
     times = [e.reference_time for e in examples][:args.users]
     d = init_distributed()
     rows = []
-    for layout, history in (("legacy", False), ("history", True)):
-        spec = variant_spec(store.spec, "legacy" if not history else "full")
-        settings = ModelSettings(backbone=backbone, history_tokens=history)
+    default_slots = ModelSettings().history_slots
+    for layout, history, slots in (("legacy", False, 0), ("pooled", True, 0), ("slots", True, default_slots)):
+        spec = variant_spec(store.spec, layout)
+        settings = ModelSettings(backbone=backbone, history_tokens=history, history_slots=slots)
         model = QAnchor.build(spec, settings, seed=0)
         cfg = PretrainConfig.model_validate({"model": settings.model_dump(), "data": {
             "dataset": args.dataset, "feature_repo": args.repo}})

@@ -5,10 +5,11 @@ Every variant is pretrained from the same base config on the same dataset, then 
 comparable within one run:
 
   full                 the base config: the packaged spec's short event sequences plus [HIST_m]
-                       window-long history tokens
+                       window-long history tokens (`history_slots` attention slots per modality)
   legacy               before the history view: the store's full event sequences (import the
                        dataset with longer `max_events` to compare), no history tokens
   no_history           full without the [HIST_m] tokens
+  pooled_history       full with one mean+max pooled [HIST_m] token per modality (history_slots 0)
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   no_contrastive       NTP only (contrastive weight 0)
@@ -32,6 +33,11 @@ population and a text-embedding cache covering every event text in them; `--bund
 pretrains with `training.pretrain.fit` and scores on whatever device torch finds. Event texts
 travel as their digit-masked kinds (what the model embeds; amounts ride in numeric fields), so a
 bundle of 15k users fits one device call. The bundle is a pickle: load only bundles you made.
+
+Each variant's test-user scores land in OUT/<variant>/test_scores.pkl, so variants trained in
+separate processes (two sharing one GPU) are still paired against full afterwards:
+
+    python bench/quality.py --compare OUT_B/pooled_history --full-scores OUT_A/full
 """
 
 from __future__ import annotations
@@ -76,8 +82,8 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "grouped", "uniform", "no_contrastive", "no_ntp", "no_summary_tokens",
-            "no_pretraining", "data_25", "data_50")
+VARIANTS = ("full", "legacy", "no_history", "pooled_history", "grouped", "uniform", "no_contrastive", "no_ntp",
+            "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 
 
 def train_examples(dataset: Path) -> int:
@@ -97,6 +103,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         cfg["model"]["history_tokens"] = False
     elif variant == "no_history":
         cfg["model"]["history_tokens"] = False
+    elif variant == "pooled_history":
+        cfg["model"]["history_slots"] = 0
     elif variant == "grouped":
         cfg["data"]["queries_per_user"] = 4
     elif variant == "uniform":
@@ -198,6 +206,42 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     return loaded
 
 
+@dataclass
+class TestScores:
+    """What a paired comparison with a variant needs, saved beside its report (`test_scores.pkl`),
+    so variants trained in separate processes (two on one GPU) can still be compared."""
+
+    test_labels: dict
+    test_scores: dict
+    unreliable: list
+
+
+def save_test_scores(folder: Path, result) -> None:
+    with (folder / "test_scores.pkl").open("wb") as fh:
+        pickle.dump(vars(TestScores(result.test_labels, result.test_scores, list(result.unreliable))), fh)
+
+
+def load_test_scores(folder: Path) -> TestScores:
+    path = folder / "test_scores.pkl"
+    if not path.is_file():
+        raise SystemExit(f"{folder}: no test_scores.pkl (bench/quality.py writes one per variant under --out)")
+    with path.open("rb") as fh:
+        return TestScores(**pickle.load(fh))
+
+
+def compare_saved(full_folder: Path, folders: list[Path], resamples: int) -> list[dict]:
+    """`versus_full` over saved variants: they must have scored the same test users as `full`."""
+    results = {"full": load_test_scores(full_folder)}
+    full_labels = results["full"].test_labels
+    for folder in folders:
+        scores = load_test_scores(folder)
+        if set(scores.test_labels) != set(full_labels) or any(
+                len(y) != len(full_labels[t]) or (y != full_labels[t]).any() for t, y in scores.test_labels.items()):
+            raise SystemExit(f"{folder} scored other test users than {full_folder}: not comparable")
+        results[folder.name] = scores
+    return versus_full(results, resamples)
+
+
 def versus_full(results: dict, resamples: int) -> list[dict]:
     """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users."""
     full = results["full"]
@@ -243,7 +287,17 @@ def main() -> None:
                         help="Skip the MiniLM row (about an hour per 5,000 users on 2 CPU cores).")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
+    parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
+                        help="Train nothing: pair saved variants (OUT/<variant> folders, e.g. trained in parallel "
+                             "processes) with --full-scores, and write the difference table.")
+    parser.add_argument("--full-scores", type=Path, help="With --compare: the full variant's folder (OUT/full).")
     args = parser.parse_args()
+    if args.compare:
+        if args.full_scores is None:
+            parser.error("--compare needs --full-scores OUT/full")
+        rows = compare_saved(args.full_scores, args.compare, args.resamples)
+        emit(args.results_name, rows, {"full": str(args.full_scores), "compared": [str(c) for c in args.compare]})
+        return
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")
     if args.bundle is not None and args.export_bundle is not None:
@@ -307,6 +361,7 @@ def main() -> None:
                                       paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
         result = evaluate(model, population, settings, baseline_scores=bundle.baseline_scores)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
+        save_test_scores(args.out / variant, result)
         record(variant, result, time.perf_counter() - start)
         results[variant] = result
         print(f"{variant}: done in {time.perf_counter() - start:.0f}s; geometry {result.geometry}", flush=True)

@@ -69,15 +69,50 @@ def test_prefix_layout_is_user_then_modalities_then_histories_then_events(tiny, 
     histories = [m.name for m in tiny.spec.history_modalities if batch[history_key(m.name)].mask[0].any()]
     assert histories, "the fixture user must have a window-long history"
     events = sum(int(batch[name].mask[0].sum()) for name in tiny.spec.names)
-    assert prefix.host_lengths == [1 + len(present) + len(histories) + events]
+    slots = tiny.settings.history_slots
+    assert slots > 1, "the default layout gives each history several slot tokens"
+    assert prefix.host_lengths == [1 + len(present) + slots * len(histories) + events]
     encoded = tiny.network.user_encoder(batch, tiny.cache.table())
     types = tiny.network._token_embeddings(tiny.network._type_ids)
     assert torch.allclose(prefix.tokens[0, 0], encoded.user[0] + types[0])
     first_mod = tiny.spec.names.index(present[0])
     assert torch.allclose(prefix.tokens[0, 1], encoded.modalities[0, first_mod] + types[1 + first_mod])
     first_history = 1 + len(present)
-    expected = encoded.history[0, 0] + types[1 + tiny.spec.names.index(histories[0])] + tiny.network.history_type
-    assert torch.allclose(prefix.tokens[0, first_history], expected)
+    history_type = types[1 + tiny.spec.names.index(histories[0])] + tiny.network.history_type
+    for slot in range(slots):
+        expected = encoded.history[0, slot] + history_type
+        assert torch.allclose(prefix.tokens[0, first_history + slot], expected)
+
+
+def test_pooled_history_layout_gives_one_token_per_modality(tiny, users):
+    """`history_slots: 0` is the layout of models saved before the slots: one [HIST_m] each."""
+    pooled = QAnchor.build(tiny.spec, tiny.settings.model_copy(update={"history_slots": 0}))
+    batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
+    with_slots = tiny.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
+    one_each = pooled.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
+    histories = sum(bool(batch[history_key(m.name)].mask[0].any()) for m in tiny.spec.history_modalities)
+    assert with_slots - one_each == (tiny.settings.history_slots - 1) * histories
+
+
+def test_one_rare_old_kind_moves_a_history_slot(tiny, users):
+    """A single payment months ago (one kind among dozens) changes the slot tokens by itself."""
+    user = users[0]
+    past = user.history["bill"]
+    ref = REF
+    extra = replace(past, kinds=past.kinds + ("paid #.## at HomeShield Property Fee, quarterly plans",),
+                    counts={d: v + ((1,) if d == max(past.counts) else (0,)) for d, v in past.counts.items()},
+                    sums={n: v + (300.0,) for n, v in past.sums.items()},
+                    last_seen=past.last_seen + (ref - 80 * 86_400,), first_seen=past.first_seen + (ref - 80 * 86_400,),
+                    events=past.events + 1)
+    twin = replace(user, history={**user.history, "bill": extra})
+    batch = collate_users([user, twin], [ref, ref], tiny.spec, tiny.cache)
+    encoded = tiny.network.user_encoder(batch, tiny.cache.table())
+    bill = [m.name for m in tiny.spec.history_modalities].index("bill") * tiny.settings.history_slots
+    bill_slots = slice(bill, bill + tiny.settings.history_slots)
+    assert (encoded.history[0, bill_slots] - encoded.history[1, bill_slots]).abs().max() > 1e-4
+    others = torch.ones(encoded.history.shape[1], dtype=torch.bool)
+    others[bill_slots] = False
+    assert torch.equal(encoded.history[0, others], encoded.history[1, others]), "other modalities' slots unchanged"
 
 
 def test_history_tokens_carry_events_that_fell_off_the_event_sequence(tiny, users):
@@ -110,7 +145,8 @@ def test_save_and_load_round_trip(tiny, users, tmp_path):
 
 
 def test_a_model_saved_before_the_history_view_loads_with_its_old_layout(spec, users, tmp_path):
-    """Saved settings without `history_tokens` (and weights without the history modules) still load."""
+    """Saved settings without `history_tokens` / `history_slots` (and weights without the history
+    modules) still load."""
     import json
 
     from safetensors.torch import load_file
@@ -118,7 +154,7 @@ def test_a_model_saved_before_the_history_view_loads_with_its_old_layout(spec, u
     old = QAnchor.build(spec, ModelSettings(history_tokens=False), seed=0)
     folder = old.save_pretrained(tmp_path / "old")
     meta = json.loads((folder / "qanchor.json").read_text())
-    del meta["settings"]["history_tokens"]
+    del meta["settings"]["history_tokens"], meta["settings"]["history_slots"]
     (folder / "qanchor.json").write_text(json.dumps(meta))
     assert not any("history" in k for k in load_file(folder / "model.safetensors"))
     loaded = QAnchor.from_pretrained(folder)

@@ -4,8 +4,9 @@ Sequence of the anchor tower (one row per (user, query) pair, packed left, right
 
     [USER] [MOD_1..MOD_M] [HIST_1..HIST_M] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
 
-`[HIST_m]` summarises every event of modality m's window (per-kind counts, recency, sums from
-the history feature view), while the event tokens are only its last `max_events` events.
+`[HIST_m]` (k slot tokens per modality, `history_slots`) summarises every event of modality m's
+window (per-kind counts, recency, sums from the history feature view), while the event tokens are
+only its last `max_events` events.
 
 Everything left of `|` is the user prefix: it is built from the user's features alone, so under
 causal attention its hidden states (and KV cache) never depend on the query. Empty modalities
@@ -56,25 +57,47 @@ class EncodedUsers:
 
     user: torch.Tensor               # [B, H]
     modalities: torch.Tensor         # [B, M, H] mean of each modality's recent events, adapted
-    history: torch.Tensor            # [B, M_h, H] each history modality's whole window, adapted
-    history_present: torch.Tensor    # [B, M_h] bool: the user has any history in that modality
+    history: torch.Tensor            # [B, M_h * k, H] k tokens per history modality (its whole window), adapted
+    history_present: torch.Tensor    # [B, M_h * k] bool: the user has any history in that modality
     events: list[torch.Tensor]       # per modality [B, N_m, H]
+
+
+class SlotPooling(nn.Module):
+    """Pooling by attention (the Set Transformer's PMA, single head): k learned queries per
+    modality over that modality's set of kind vectors. A row with an empty set gets zeros (the
+    caller drops it from the prefix), never NaN."""
+
+    def __init__(self, modalities: int, slots: int, hidden: int):
+        super().__init__()
+        self.seeds = nn.Parameter(torch.randn(modalities, slots, hidden) * hidden ** -0.5)
+        self.key = nn.Linear(hidden, hidden, bias=False)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, index: int, kinds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """kinds [B, K, H], mask [B, K] -> slots [B, k, H]."""
+        scores = torch.einsum("sh,bkh->bsk", self.seeds[index], self.key(kinds)) * kinds.shape[-1] ** -0.5
+        scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+        pooled = torch.softmax(scores, dim=-1) @ self.value(kinds)
+        return pooled * mask.any(1).view(-1, 1, 1)
 
 
 class HierarchicalUserEncoder(nn.Module):
     """Events -> event tokens (per-modality MLP); masked mean -> modality tokens (shared adapter);
-    per-kind history rows -> kind vectors (per-modality MLP), mean and max pooled -> history
-    tokens (history adapter); mean over present summaries -> user token (user adapter).
+    per-kind history rows -> kind vectors (per-modality MLP), pooled -> history tokens (history
+    adapter); mean over present summaries -> user token (user adapter).
 
-    Max pooling keeps a rare kind seen once months ago visible next to the frequent ones,
-    which a mean over dozens of kinds would wash out.
+    History pooling, `history_slots` = 0: mean and max over the kinds, one token per modality
+    (max keeps a rare kind seen once months ago visible next to the frequent ones). k > 0: k
+    attention slots per modality, each free to pick out the few kinds a scenario turns on.
     """
 
     def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, history: bool = True,
-                 text_dim: int = TextEmbeddingCache.dim):
+                 history_slots: int = 0, text_dim: int = TextEmbeddingCache.dim):
         super().__init__()
         self.names = spec.names
         self.history_names = tuple(m.name for m in spec.history_modalities) if history else ()
+        #: History tokens per history modality in the prefix.
+        self.history_width = max(1, history_slots) if self.history_names else 0
         self.event_mlps = nn.ModuleDict({
             name: _mlp(text_dim + numeric_width(spec, name) + TIME_FEATURES, event_hidden, hidden) for name in self.names
         })
@@ -85,21 +108,29 @@ class HierarchicalUserEncoder(nn.Module):
         self.modal_adapter = _adapter(hidden)
         self.user_adapter = _adapter(hidden)
         if self.history_names:
-            self.history_pool = nn.Linear(2 * hidden, hidden)
+            if history_slots:
+                self.slot_pool = SlotPooling(len(self.history_names), history_slots, hidden)
+            else:
+                self.history_pool = nn.Linear(2 * hidden, hidden)
             self.history_adapter = _adapter(hidden)
+
+    def _pool_history(self, index: int, kinds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, K, H] kind vectors -> [B, history_width, H]."""
+        if hasattr(self, "slot_pool"):
+            return self.slot_pool(index, kinds, mask)
+        count = mask.sum(1, keepdim=True)
+        mean = (kinds * mask.unsqueeze(-1)).sum(1) / count.clamp(min=1)
+        peak = kinds.masked_fill(~mask.unsqueeze(-1), torch.finfo(kinds.dtype).min).amax(1) * (count > 0)
+        return self.history_pool(torch.cat([mean, peak], dim=-1)).unsqueeze(1)
 
     def _history(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, present = [], []
-        for name in self.history_names:
+        for index, name in enumerate(self.history_names):
             hb = batch[history_key(name)]
-            mask = hb.mask.unsqueeze(-1)
             kinds = self.history_mlps[name](torch.cat([text_table[hb.ids], hb.numeric], dim=-1))
-            count = hb.mask.sum(1, keepdim=True)
-            mean = (kinds * mask).sum(1) / count.clamp(min=1)
-            peak = kinds.masked_fill(~mask, torch.finfo(kinds.dtype).min).amax(1) * (count > 0)
-            pooled.append(self.history_adapter(self.history_pool(torch.cat([mean, peak], dim=-1))))
-            present.append(count.squeeze(1) > 0)
-        return torch.stack(pooled, dim=1), torch.stack(present, dim=1)
+            pooled.append(self.history_adapter(self._pool_history(index, kinds, hb.mask)))
+            present.append(hb.mask.any(1, keepdim=True).expand(-1, self.history_width))
+        return torch.cat(pooled, dim=1), torch.cat(present, dim=1)
 
     def forward(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> EncodedUsers:
         events, summaries, present = [], [], []
@@ -115,11 +146,14 @@ class HierarchicalUserEncoder(nn.Module):
         batch_size, hidden = mods.shape[0], mods.shape[-1]
         if self.history_names:
             history, history_present = self._history(batch, text_table)
+            # The user token weighs each history modality once, whatever its number of slots.
+            per_modality = history.view(batch_size, -1, self.history_width, hidden).mean(2)
+            per_modality_present = history_present[:, ::self.history_width]
         else:
-            history = mods.new_zeros(batch_size, 0, hidden)
-            history_present = torch.zeros(batch_size, 0, dtype=torch.bool, device=mods.device)
-        summary = torch.cat([mods, history], dim=1)
-        weight = torch.cat([torch.stack(present, dim=1), history_present], dim=1).to(mods.dtype).unsqueeze(-1)
+            history = per_modality = mods.new_zeros(batch_size, 0, hidden)
+            history_present = per_modality_present = torch.zeros(batch_size, 0, dtype=torch.bool, device=mods.device)
+        summary = torch.cat([mods, per_modality], dim=1)
+        weight = torch.cat([torch.stack(present, dim=1), per_modality_present], dim=1).to(mods.dtype).unsqueeze(-1)
         user = self.user_adapter((summary * weight).sum(1) / weight.sum(1).clamp(min=1))
         return EncodedUsers(user, mods, history, history_present, events)
 
@@ -165,7 +199,8 @@ class QAnchorModel(nn.Module):
         self.backbone = backbone
         self.lm = backbone.lm
         hidden = backbone.hidden_size
-        self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens)
+        self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens,
+                                                    settings.history_slots)
         if self.user_encoder.history_names:
             #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
             self.history_type = nn.Parameter(torch.zeros(hidden))
@@ -198,7 +233,7 @@ class QAnchorModel(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def prefix_embeddings(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> Prefixes:
-        """Per user, `[USER] [present modalities] [present histories] [their events]`, packed to the
+        """Per user, `[USER] [present modalities] [present histories' slots] [their events]`, packed to the
         left of the row.
 
         Vectorised: every candidate token is laid out densely, then a stable sort on validity
@@ -210,6 +245,7 @@ class QAnchorModel(nn.Module):
         candidates = [encoded.user.unsqueeze(1) + types[0], encoded.modalities + types[1:1 + n_mod]]
         if self.user_encoder.history_names:
             history_types = types[[1 + self.spec.names.index(n) for n in self.user_encoder.history_names]]
+            history_types = history_types.repeat_interleave(self.user_encoder.history_width, dim=0)
             candidates.append(encoded.history + history_types + self.history_type)
         present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
         summaries = self.settings.summary_tokens

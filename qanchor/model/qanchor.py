@@ -80,8 +80,8 @@ class QAnchor:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"{folder}: unsupported model format {meta.get('format')!r}")
-        # Models saved before the history view existed have no [HIST_m] weights: they keep their layout.
-        settings = ModelSettings.model_validate({"history_tokens": False, **meta["settings"]})
+        # Models saved before the history view (or its slots) existed keep the layout they were trained with.
+        settings = ModelSettings.model_validate({"history_tokens": False, "history_slots": 0, **meta["settings"]})
         spec = parse_spec(meta["spec"], str(meta_path))
         network = QAnchorModel(spec, settings, backbone_from_saved(folder / "backbone", folder / "tokenizer", settings.backbone, spec.names))
         load_model(network, str(folder / "model.safetensors"))
