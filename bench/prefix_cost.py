@@ -3,8 +3,8 @@
 Two layouts of the same users, measured in the same run:
 
   legacy     the store's full event sequences, no [HIST_m] tokens (before the history view)
-  pooled     the packaged spec's shorter sequences plus one pooled [HIST_m] token per modality
-  slots      the same with `history_slots` (default 4) attention-slot tokens per modality (the default)
+  pooled     the packaged spec's shorter sequences plus one pooled [HIST_m] token per modality (default)
+  slots      the same with 4 attention-slot [HIST_m] tokens per modality (`history_slots: 4`)
 
 Per layout: mean prefix tokens per user, one pretraining step (forward + backward of both towers
 and both losses, fresh encoders, batch of --batch rows), and the cold cost of a served user
@@ -70,8 +70,7 @@ def main() -> None:
     times = [e.reference_time for e in examples][:args.users]
     d = init_distributed()
     rows = []
-    default_slots = ModelSettings().history_slots
-    for layout, history, slots in (("legacy", False, 0), ("pooled", True, 0), ("slots", True, default_slots)):
+    for layout, history, slots in (("legacy", False, 0), ("pooled", True, 0), ("slots", True, 4)):
         spec = variant_spec(store.spec, layout)
         settings = ModelSettings(backbone=backbone, history_tokens=history, history_slots=slots)
         model = QAnchor.build(spec, settings, seed=0)

@@ -5,11 +5,11 @@ Every variant is pretrained from the same base config on the same dataset, then 
 comparable within one run:
 
   full                 the base config: the packaged spec's short event sequences plus [HIST_m]
-                       window-long history tokens (`history_slots` attention slots per modality)
+                       window-long history tokens (one mean+max pooled token per modality)
   legacy               before the history view: the store's full event sequences (import the
                        dataset with longer `max_events` to compare), no history tokens
   no_history           full without the [HIST_m] tokens
-  pooled_history       full with one mean+max pooled [HIST_m] token per modality (history_slots 0)
+  history_slots        full with 4 attention-slot [HIST_m] tokens per modality (history_slots 4)
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   no_contrastive       NTP only (contrastive weight 0)
@@ -37,7 +37,7 @@ bundle of 15k users fits one device call. The bundle is a pickle: load only bund
 Each variant's test-user scores land in OUT/<variant>/test_scores.pkl, so variants trained in
 separate processes (two sharing one GPU) are still paired against full afterwards:
 
-    python bench/quality.py --compare OUT_B/pooled_history --full-scores OUT_A/full
+    python bench/quality.py --compare OUT_B/history_slots --full-scores OUT_A/full
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "pooled_history", "grouped", "uniform", "no_contrastive", "no_ntp",
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "uniform", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 
 
@@ -103,8 +103,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         cfg["model"]["history_tokens"] = False
     elif variant == "no_history":
         cfg["model"]["history_tokens"] = False
-    elif variant == "pooled_history":
-        cfg["model"]["history_slots"] = 0
+    elif variant == "history_slots":
+        cfg["model"]["history_slots"] = 4
     elif variant == "grouped":
         cfg["data"]["queries_per_user"] = 4
     elif variant == "uniform":

@@ -28,6 +28,12 @@ def tiny(spec):
     return QAnchor.build(spec, ModelSettings(), seed=0)
 
 
+@pytest.fixture(scope="module")
+def slotted(spec):
+    """History pooled by 4 attention slots per modality instead of one mean+max token."""
+    return QAnchor.build(spec, ModelSettings(history_slots=4), seed=0)
+
+
 def test_user_prefix_hidden_states_do_not_depend_on_the_query(tiny, users):
     net = tiny.network.eval()
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
@@ -62,40 +68,40 @@ def test_right_padding_and_length_buckets_leave_embeddings_unchanged(tiny, users
     torch.testing.assert_close(bucketed, together, atol=1e-5, rtol=0)
 
 
-def test_prefix_layout_is_user_then_modalities_then_histories_then_events(tiny, users):
-    batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
-    prefix = tiny.network.prefix_embeddings(batch, tiny.cache.table())
-    present = [name for name in tiny.spec.names if batch[name].mask[0].any()]
-    histories = [m.name for m in tiny.spec.history_modalities if batch[history_key(m.name)].mask[0].any()]
+def test_prefix_layout_is_user_then_modalities_then_histories_then_events(slotted, users):
+    batch = collate_users(users[:1], [REF], slotted.spec, slotted.cache)
+    prefix = slotted.network.prefix_embeddings(batch, slotted.cache.table())
+    present = [name for name in slotted.spec.names if batch[name].mask[0].any()]
+    histories = [m.name for m in slotted.spec.history_modalities if batch[history_key(m.name)].mask[0].any()]
     assert histories, "the fixture user must have a window-long history"
-    events = sum(int(batch[name].mask[0].sum()) for name in tiny.spec.names)
-    slots = tiny.settings.history_slots
-    assert slots > 1, "the default layout gives each history several slot tokens"
+    events = sum(int(batch[name].mask[0].sum()) for name in slotted.spec.names)
+    slots = slotted.settings.history_slots
     assert prefix.host_lengths == [1 + len(present) + slots * len(histories) + events]
-    encoded = tiny.network.user_encoder(batch, tiny.cache.table())
-    types = tiny.network._token_embeddings(tiny.network._type_ids)
+    encoded = slotted.network.user_encoder(batch, slotted.cache.table())
+    types = slotted.network._token_embeddings(slotted.network._type_ids)
     assert torch.allclose(prefix.tokens[0, 0], encoded.user[0] + types[0])
-    first_mod = tiny.spec.names.index(present[0])
+    first_mod = slotted.spec.names.index(present[0])
     assert torch.allclose(prefix.tokens[0, 1], encoded.modalities[0, first_mod] + types[1 + first_mod])
     first_history = 1 + len(present)
-    history_type = types[1 + tiny.spec.names.index(histories[0])] + tiny.network.history_type
+    history_type = types[1 + slotted.spec.names.index(histories[0])] + slotted.network.history_type
     for slot in range(slots):
         expected = encoded.history[0, slot] + history_type
         assert torch.allclose(prefix.tokens[0, first_history + slot], expected)
 
 
-def test_pooled_history_layout_gives_one_token_per_modality(tiny, users):
-    """`history_slots: 0` is the layout of models saved before the slots: one [HIST_m] each."""
-    pooled = QAnchor.build(tiny.spec, tiny.settings.model_copy(update={"history_slots": 0}))
+def test_default_history_layout_is_one_pooled_token_per_modality(tiny, slotted, users):
+    """`history_slots: 0` (the default) gives each history one [HIST_m]; k slots give k."""
+    assert tiny.settings.history_slots == 0
     batch = collate_users(users[:1], [REF], tiny.spec, tiny.cache)
-    with_slots = tiny.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
-    one_each = pooled.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
+    one_each = tiny.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
+    with_slots = slotted.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths[0]
     histories = sum(bool(batch[history_key(m.name)].mask[0].any()) for m in tiny.spec.history_modalities)
-    assert with_slots - one_each == (tiny.settings.history_slots - 1) * histories
+    assert with_slots - one_each == (slotted.settings.history_slots - 1) * histories
 
 
-def test_one_rare_old_kind_moves_a_history_slot(tiny, users):
-    """A single payment months ago (one kind among dozens) changes the slot tokens by itself."""
+def test_one_rare_old_kind_moves_a_history_slot(slotted, users):
+    """A single payment months ago (one kind among a user's kinds) changes that modality's slot
+    tokens, and only those."""
     user = users[0]
     past = user.history["bill"]
     ref = REF
@@ -105,10 +111,11 @@ def test_one_rare_old_kind_moves_a_history_slot(tiny, users):
                     last_seen=past.last_seen + (ref - 80 * 86_400,), first_seen=past.first_seen + (ref - 80 * 86_400,),
                     events=past.events + 1)
     twin = replace(user, history={**user.history, "bill": extra})
-    batch = collate_users([user, twin], [ref, ref], tiny.spec, tiny.cache)
-    encoded = tiny.network.user_encoder(batch, tiny.cache.table())
-    bill = [m.name for m in tiny.spec.history_modalities].index("bill") * tiny.settings.history_slots
-    bill_slots = slice(bill, bill + tiny.settings.history_slots)
+    batch = collate_users([user, twin], [ref, ref], slotted.spec, slotted.cache)
+    encoded = slotted.network.user_encoder(batch, slotted.cache.table())
+    slots = slotted.settings.history_slots
+    bill = [m.name for m in slotted.spec.history_modalities].index("bill") * slots
+    bill_slots = slice(bill, bill + slots)
     assert (encoded.history[0, bill_slots] - encoded.history[1, bill_slots]).abs().max() > 1e-4
     others = torch.ones(encoded.history.shape[1], dtype=torch.bool)
     others[bill_slots] = False

@@ -69,10 +69,10 @@ class ModelSettings(_Config):
     #: One `[HIST_m]` token per modality summarising every event of its window (the history
     #: feature view), so what falls off the last `max_events` events still reaches the model.
     history_tokens: bool = True
-    #: History tokens per modality. 0: one token, the mean and max of its kind vectors pooled
-    #: (the layout before slots). k > 0: k learned slot queries attend over the modality's kinds
-    #: (pooling by attention), so one slot can hold a single rare kind's recency (a quarterly
-    #: payment made 80 days ago) that a mean over dozens of kinds washes out. The slots read
-    #: only the user's features, so the prefix stays query-independent and cacheable.
-    history_slots: int = Field(default=4, ge=0, le=16)
+    #: History tokens per modality. 0 (default): one token, the mean and max of its kind vectors
+    #: pooled. k > 0: k learned slot queries attend over the modality's kinds (pooling by
+    #: attention), so one slot could hold a single rare kind's recency that a mean washes out.
+    #: Measured on the GPU (docs/benchmarks.md) it did not help and crowded users together, so
+    #: it stays opt-in. The slots read only the user's features: the prefix stays cacheable.
+    history_slots: int = Field(default=0, ge=0, le=16)
     loss: LossSettings = LossSettings()
