@@ -166,10 +166,12 @@ def test_aggregates_count_events_and_learn_their_vocabulary_from_train_users_onl
     assert len(serialise(user, spec)) == 1 + len(spec.event_modalities)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, dataset, spec, tmp_path):
     """Random-init tiny backbone (never pretrained, so every split may be evaluated), two tasks,
-    a few tuning steps: checks the plumbing, not the quality."""
+    a few tuning steps: checks the plumbing, not the quality. Slow (about 3 min on 2 cores, most
+    of it the MiniLM text row); `make test-slow` runs it, the own-data test covers the rest."""
     population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
     model = QAnchor.build(spec, ModelSettings(), seed=0)
     settings = EvaluationSettings(tasks=SMOKE_TASKS, tune_steps=4, resamples=20)
