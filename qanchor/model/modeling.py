@@ -4,9 +4,9 @@ Sequence of the anchor tower (one row per (user, query) pair, packed left, right
 
     [USER] [MOD_1..MOD_M] [HIST_1..HIST_M] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
 
-`[HIST_m]` (k slot tokens per modality, `history_slots`) summarises every event of modality m's
-window (per-kind counts, recency, sums from the history feature view), while the event tokens are
-only its last `max_events` events.
+`[HIST_m]` (one token per modality, or k with `history_slots: k`) summarises every event of
+modality m's window (per-kind counts, recency, sums from the history feature view), while the
+event tokens are only its last `max_events` events.
 
 Everything left of `|` is the user prefix: it is built from the user's features alone, so under
 causal attention its hidden states (and KV cache) never depend on the query. Empty modalities
@@ -107,6 +107,7 @@ class HierarchicalUserEncoder(nn.Module):
         })
         self.modal_adapter = _adapter(hidden)
         self.user_adapter = _adapter(hidden)
+        self.slot_pool = None
         if self.history_names:
             if history_slots:
                 self.slot_pool = SlotPooling(len(self.history_names), history_slots, hidden)
@@ -116,7 +117,7 @@ class HierarchicalUserEncoder(nn.Module):
 
     def _pool_history(self, index: int, kinds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K, H] kind vectors -> [B, history_width, H]."""
-        if hasattr(self, "slot_pool"):
+        if self.slot_pool is not None:
             return self.slot_pool(index, kinds, mask)
         count = mask.sum(1, keepdim=True)
         mean = (kinds * mask.unsqueeze(-1)).sum(1) / count.clamp(min=1)
