@@ -11,6 +11,7 @@ comparable within one run:
   no_history           full without the [HIST_m] tokens
   history_slots        full with 4 attention-slot [HIST_m] tokens per modality (history_slots 4)
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
+  by_question          full with batches grouping 16 users under each question (users_per_question 16)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
@@ -82,7 +83,7 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "uniform", "no_contrastive", "no_ntp",
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 
 
@@ -107,6 +108,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         cfg["model"]["history_slots"] = 4
     elif variant == "grouped":
         cfg["data"]["queries_per_user"] = 4
+    elif variant == "by_question":
+        cfg["data"]["users_per_question"] = 16
     elif variant == "uniform":
         cfg["model"]["loss"]["uniformity_weight"] = 0.5
     elif variant == "no_contrastive":

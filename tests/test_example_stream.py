@@ -37,8 +37,10 @@ def test_streamed_batches_equal_in_memory_batches_and_read_one_chunk_at_a_time(s
     stream = StreamedExamples(counting, rows, chunk_steps=3)
     order = example_order(stream.user_ids, rows=10 * 8, queries_per_user=1, rng=np.random.default_rng(1))
     streamed = list(stream.batches(order, batch_size=8, rank=rank, world=world))
-    in_memory = list(InMemoryExamples(examples_from_rows(sqlite_store, rows)).batches(order, 8, rank, world))
+    memory = InMemoryExamples(examples_from_rows(sqlite_store, rows))
+    in_memory = list(memory.batches(order, 8, rank, world))
     assert streamed == in_memory
+    assert stream.user_ids == memory.user_ids and stream.questions == memory.questions
     assert len(streamed) == 10 and all(len(b) == 8 // world for b in streamed)
     assert counting.reads == [3 * 8 // world] * 3 + [8 // world]  # 10 steps in chunks of 3: this rank's rows only
 

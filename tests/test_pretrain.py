@@ -249,3 +249,33 @@ def test_grouped_order_keeps_runs_of_one_user_and_covers_every_example_each_epoc
     assert len(runs) <= 7 * 2, "each user's five examples come as one run of four and one of one"
     plain = example_order(users, rows=35, queries_per_user=1, rng=np.random.default_rng(0))
     assert sorted(plain) == list(range(35))
+
+
+def test_order_by_question_keeps_runs_of_one_question_asked_of_different_users():
+    import numpy as np
+
+    from training.data import example_order
+
+    users = [f"u{i}" for i in range(48)]  # 24 users asked each of two questions: three runs of 8 each
+    questions = [("When did this user last pay a quarterly plan?", "What does this user search for most?")[i % 2]
+                 for i in range(48)]
+    order = example_order(users, rows=96, queries_per_user=1, rng=np.random.default_rng(0), questions=questions,
+                          users_per_question=8)
+    for epoch in (order[:48], order[48:]):
+        assert sorted(epoch) == list(range(48))
+        runs = [epoch[i:i + 8] for i in range(0, 48, 8)]
+        assert all(len({questions[j] for j in run}) == 1 for run in runs), "each run of 8 asks one question"
+        assert all(len({users[j] for j in run}) == 8 for run in runs)
+
+
+def test_a_batch_is_grouped_by_user_or_by_question_not_both():
+    import numpy as np
+    import pydantic
+
+    from training.data import example_order
+    from training.pretrain import DataSettings
+
+    with pytest.raises(pydantic.ValidationError, match="not both"):
+        DataSettings(dataset="d", feature_repo="r", queries_per_user=4, users_per_question=16)
+    with pytest.raises(ValueError, match="one question per example"):
+        example_order(["u1", "u2"], rows=2, queries_per_user=1, rng=np.random.default_rng(0), users_per_question=2)

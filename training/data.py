@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these ru
     from feature_repo.store import UserFeatureStore
 
 
-def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np.random.Generator) -> np.ndarray:
+def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np.random.Generator,
+                  questions: list[str] | None = None, users_per_question: int = 1) -> np.ndarray:
     """Indices of `rows` training rows, epoch after epoch, each epoch in a fresh random order.
 
     With `queries_per_user` > 1 the order comes in runs of up to that many examples of ONE user
@@ -30,25 +31,36 @@ def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np
     the user's other answers and other anchors become its hardest negatives, and the contrastive
     loss can only be solved by an embedding that depends on the query, not by recognising the user.
     (On the synthetic benchmark it lowered AUC; see docs/benchmarks.md before turning it on.)
+
+    With `users_per_question` > 1 the runs are of ONE question asked of different users. In a
+    plain random batch a D_uqa example's negatives are answers to other questions, told apart by
+    the question alone; in a run they are other users' answers to the same question ("36 days
+    ago" vs "no refill purchases"), which only the user's own features can tell apart.
     """
-    if queries_per_user < 1:
-        raise ValueError(f"queries_per_user must be >= 1, got {queries_per_user}")
+    if queries_per_user < 1 or users_per_question < 1:
+        raise ValueError(f"queries_per_user and users_per_question must be >= 1, got {queries_per_user} "
+                         f"and {users_per_question}")
+    if queries_per_user > 1 and users_per_question > 1:
+        raise ValueError("group batches by user (queries_per_user) or by question (users_per_question), not both")
     if not user_ids:
         raise ValueError("no training examples")
+    if users_per_question > 1 and (questions is None or len(questions) != len(user_ids)):
+        raise ValueError("users_per_question needs one question per example")
+    keys, run = (user_ids, queries_per_user) if users_per_question == 1 else (questions, users_per_question)
     epochs = []
-    if queries_per_user == 1:
+    if run == 1:
         while sum(len(e) for e in epochs) < rows:
             epochs.append(rng.permutation(len(user_ids)))
         return np.concatenate(epochs)[:rows]
-    by_user: dict[str, list[int]] = {}
-    for i, user in enumerate(user_ids):
-        by_user.setdefault(user, []).append(i)
-    groups = list(by_user.values())
+    by_key: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_key.setdefault(key, []).append(i)
+    groups = list(by_key.values())
     while sum(len(e) for e in epochs) < rows:
         runs = []
         for members in groups:
             shuffled = rng.permutation(members)
-            runs += [shuffled[i:i + queries_per_user] for i in range(0, len(shuffled), queries_per_user)]
+            runs += [shuffled[i:i + run] for i in range(0, len(shuffled), run)]
         epochs.append(np.concatenate([runs[i] for i in rng.permutation(len(runs))]))
     return np.concatenate(epochs)[:rows]
 

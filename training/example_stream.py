@@ -25,10 +25,13 @@ if TYPE_CHECKING:  # Feast is imported only where a store is opened
 
 
 class ExampleSource(Protocol):
-    """What `training.pretrain.fit` trains on: a user per example (for the order) and batches."""
+    """What `training.pretrain.fit` trains on: each example's user and question (for the order) and batches."""
 
     @property
     def user_ids(self) -> list[str]: ...
+
+    @property
+    def questions(self) -> list[str]: ...
 
     def batches(self, order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterator[list[Example]]:
         """Batch after batch of `order` (example indices, `batch_size` per step); this rank's share of each."""
@@ -44,6 +47,10 @@ class InMemoryExamples:
     @property
     def user_ids(self) -> list[str]:
         return [e.features.user_id for e in self.examples]
+
+    @property
+    def questions(self) -> list[str]:
+        return [e.query for e in self.examples]
 
     def batches(self, order: np.ndarray, batch_size: int, rank: int, world: int) -> Iterator[list[Example]]:
         for start in range(0, len(order), batch_size):
@@ -79,6 +86,10 @@ class StreamedExamples:
     @property
     def user_ids(self) -> list[str]:
         return self.rows["user_id"].tolist()
+
+    @property
+    def questions(self) -> list[str]:
+        return self.rows["question"].tolist()
 
     def _read(self, ids: np.ndarray) -> list[Example]:
         return examples_from_rows(self.store, self.rows.iloc[ids])

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from qanchor.user_files import read_yaml_model
@@ -54,9 +54,19 @@ class DataSettings(_Config):
     #: Examples of one user placed together in a batch (different questions, same features), so
     #: the same user's other answers are negatives; 1 = examples in plain random order.
     queries_per_user: int = Field(default=1, ge=1, le=16)
+    #: Examples of one question placed together in a batch (different users), so a question's
+    #: negatives are other users' answers to it; 1 = plain random order. Not with queries_per_user.
+    users_per_question: int = Field(default=1, ge=1, le=1024)
     #: Training rows' features are read this many steps at a time (the next chunk while the
     #: current one trains), so memory holds two chunks, not the whole set (~28 KiB per row).
     stream_chunk_steps: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_grouping(self) -> DataSettings:
+        if self.queries_per_user > 1 and self.users_per_question > 1:
+            raise ValueError("set queries_per_user or users_per_question above 1, not both: a batch is "
+                             "grouped by user or by question")
+        return self
 
 
 class OptimSettings(_Config):
@@ -259,8 +269,9 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
 
-    order = example_order(train.user_ids, cfg.optim.steps * cfg.optim.batch_size,
-                          cfg.data.queries_per_user, np.random.default_rng(cfg.seed))
+    order = example_order(train.user_ids, cfg.optim.steps * cfg.optim.batch_size, cfg.data.queries_per_user,
+                          np.random.default_rng(cfg.seed), questions=train.questions,
+                          users_per_question=cfg.data.users_per_question)
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
     batches = train.batches(order[start_step * cfg.optim.batch_size:], cfg.optim.batch_size, d.rank, d.world)
