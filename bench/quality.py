@@ -20,6 +20,8 @@ comparable within one run:
   data_25, data_50     pretraining on 25% / 50% of the train-split examples
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
+Variants combine with `+`: `by_question+uniform` applies both changes to the base config.
+
 Baselines (LightGBM on recent aggregates and on window-long history, MiniLM text) do not depend
 on the backbone: they are scored once per population (when a bundle is exported, on the machine
 that has LightGBM and MiniLM) and shared by every variant's table. A prompt-token sweep runs on
@@ -94,43 +96,54 @@ def train_examples(dataset: Path) -> int:
 
 def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path, steps: int, pool: int,
                    out: Path) -> PretrainConfig:
-    """`pool` is the pretraining set (100%); data_25 / data_50 draw that share of it."""
+    """`pool` is the pretraining set (100%); data_25 / data_50 draw that share of it. A variant joined
+    by `+` (`by_question+uniform`) applies each part's change, in order."""
     cfg = base.model_dump()
     cfg["data"].update(dataset=dataset, feature_repo=repo, max_train_examples=pool)
     cfg["optim"]["steps"] = steps
     cfg["output_dir"] = out / "runs" / variant
     cfg["tracking"].update(uri=f"sqlite:///{out / 'mlruns.db'}", experiment="qanchor-quality-bench", register_model=False)
-    if variant == "legacy":
-        cfg["model"]["history_tokens"] = False
-    elif variant == "no_history":
-        cfg["model"]["history_tokens"] = False
-    elif variant == "history_slots":
-        cfg["model"]["history_slots"] = 4
-    elif variant == "grouped":
-        cfg["data"]["queries_per_user"] = 4
-    elif variant == "by_question":
-        cfg["data"]["users_per_question"] = 16
-    elif variant == "uniform":
-        cfg["model"]["loss"]["uniformity_weight"] = 0.5
-    elif variant == "no_contrastive":
-        cfg["model"]["loss"]["contrastive_weight"] = 0.0
-    elif variant == "no_ntp":
-        cfg["model"]["loss"]["ntp_weight"] = 0.0
-    elif variant == "no_summary_tokens":
-        cfg["model"]["summary_tokens"] = False
-    elif variant.startswith("data_"):
-        cfg["data"]["max_train_examples"] = pool * int(variant.removeprefix("data_")) // 100
-    elif variant == "smollm2":
-        cfg["model"]["backbone"]["name"] = "smollm2-135m"
-    elif variant != "full":
-        raise ValueError(f"unknown variant {variant!r}")
+    for part in variant_parts(variant):
+        if part in ("legacy", "no_history"):
+            cfg["model"]["history_tokens"] = False
+        elif part == "history_slots":
+            cfg["model"]["history_slots"] = 4
+        elif part == "grouped":
+            cfg["data"]["queries_per_user"] = 4
+        elif part == "by_question":
+            cfg["data"]["users_per_question"] = 16
+        elif part == "uniform":
+            cfg["model"]["loss"]["uniformity_weight"] = 0.5
+        elif part == "no_contrastive":
+            cfg["model"]["loss"]["contrastive_weight"] = 0.0
+        elif part == "no_ntp":
+            cfg["model"]["loss"]["ntp_weight"] = 0.0
+        elif part == "no_summary_tokens":
+            cfg["model"]["summary_tokens"] = False
+        elif part.startswith("data_"):
+            cfg["data"]["max_train_examples"] = pool * int(part.removeprefix("data_")) // 100
+        elif part == "smollm2":
+            cfg["model"]["backbone"]["name"] = "smollm2-135m"
+        elif part != "full":
+            raise ValueError(f"unknown variant {part!r}")
     return PretrainConfig.model_validate(cfg)
+
+
+def variant_parts(variant: str) -> list[str]:
+    return variant.split("+")
+
+
+def unknown_variants(variants: list[str]) -> list[str]:
+    """Names `variant_config` cannot build; `no_pretraining` trains nothing, so it combines with none."""
+    known = {*VARIANTS, "smollm2"}
+    return sorted({v for v in variants if any(p not in known for p in variant_parts(v))
+                   or ("no_pretraining" in variant_parts(v) and v != "no_pretraining")})
 
 
 def variant_spec(spec: ModalitySpec, variant: str) -> ModalitySpec:
     """The spec a variant's model reads: `legacy` the store's own; the others the packaged default's
     shorter event sequences (the model keeps the last events of each longer stored sequence)."""
-    if variant == "legacy":
+    if "legacy" in variant_parts(variant):
         return spec
     default = {m.name: m.max_events for m in load_spec().event_modalities}
     return spec.model_copy(update={"modalities": tuple(
@@ -306,9 +319,10 @@ def main() -> None:
     if args.bundle is not None and args.export_bundle is not None:
         parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
-    unknown = sorted(set(variants) - {*VARIANTS, "smollm2"})
+    unknown = unknown_variants(variants)
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}")
+        parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}, or join several "
+                     "with '+' (no_pretraining alone)")
     base = load_config(args.config)
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
