@@ -259,15 +259,20 @@ def compare_saved(full_folder: Path, folders: list[Path], resamples: int) -> lis
 
 
 def versus_full(results: dict, resamples: int) -> list[dict]:
-    """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users."""
+    """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users,
+    with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
+    zero: a mean can hide one task a change breaks."""
     full = results["full"]
     tasks = [t for t in full.test_labels if t not in full.unreliable] or list(full.test_labels)
     out = []
     for variant, result in results.items():
         if variant != "full":
-            d = paired_difference(full.test_labels, tasks, result.test_scores["qanchor_query"],
-                                  full.test_scores["qanchor_query"], resamples)
-            out.append(difference_row(variant, "qanchor_query - full's", d))
+            ours, theirs = result.test_scores["qanchor_query"], full.test_scores["qanchor_query"]
+            d = paired_difference(full.test_labels, tasks, ours, theirs, resamples)
+            per_task = {t: paired_difference(full.test_labels, [t], ours, theirs, resamples) for t in tasks}
+            out.append({**difference_row(variant, "qanchor_query - full's", d),
+                        "worse": " ".join(t for t, e in per_task.items() if e["auc_diff_high"] < 0) or "-",
+                        "better": " ".join(t for t, e in per_task.items() if e["auc_diff_low"] > 0) or "-"})
     return out
 
 
