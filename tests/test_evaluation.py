@@ -18,7 +18,7 @@ from qanchor.model.text_encoder import TextEmbeddingCache
 from qanchor.scenario import ks_statistic
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, serialise
 from training.evaluation.geometry import embedding_geometry
-from training.evaluation.harness import EvaluationSettings, evaluate, score_baselines, task_labels
+from training.evaluation.harness import EvaluationSettings, evaluate, prefix_summaries, score_baselines, task_labels
 from training.evaluation.metrics import bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import load_population, split_parts
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
@@ -166,6 +166,21 @@ def test_aggregates_count_events_and_learn_their_vocabulary_from_train_users_onl
     assert len(serialise(user, spec)) == 1 + len(spec.event_modalities)
 
 
+def test_prefix_probe_reads_one_row_of_summary_tokens_per_user_whatever_the_batching(sqlite_store, dataset, spec):
+    """The `qanchor_prefix` row's input: [USER], every [MOD_m] and every [HIST_m] token, flattened;
+    padding to a batch's longest user must not leak into another user's row."""
+    population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
+    model = QAnchor.build(spec, ModelSettings(), seed=0)
+    users, times = population.users[:6], population.reference_times[:6]
+    one_by_one = prefix_summaries(model, users, times, batch_size=1)
+    together = prefix_summaries(model, users, times, batch_size=6)
+    encoder = model.network.user_encoder
+    tokens = 1 + len(spec.names) + encoder.history_width * len(encoder.history_names)
+    assert one_by_one.shape == (6, tokens * model.network.backbone.hidden_size)
+    np.testing.assert_allclose(one_by_one, together, atol=1e-5)
+    assert not np.allclose(one_by_one[0], one_by_one[1]), "two users, one summary"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, dataset, spec, tmp_path):
@@ -177,7 +192,7 @@ def test_whole_harness_runs_end_to_end_and_writes_its_report(sqlite_store, datas
     settings = EvaluationSettings(tasks=SMOKE_TASKS, tune_steps=4, resamples=20)
     result = evaluate(model, population, settings, progress=False)
     methods = {r["method"] for r in result.rows}
-    assert methods == {"oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query",
+    assert methods == {"oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "qanchor_prefix", "static_query", "qanchor_query",
                        "qanchor_paraphrase", "qanchor_prompt", "qanchor_prompt_proto"}
     mean_auc = {s["method"]: s["mean_auc"] for s in result.summary}
     assert mean_auc["oracle"] > 0.6, "the latent traits the labels were drawn from predict them"

@@ -6,6 +6,9 @@ Methods (rows of the report), all read out by the same probes on the same parts:
   gbdt_aggregates        LightGBM on handcrafted aggregates of the recent event sequence
   gbdt_history           the same plus window-long bag-of-kinds history (industrial standard)
   minilm_text            logistic probe on all-MiniLM-L6-v2 embeddings of the serialised user
+  qanchor_prefix         logistic probe on the encoder's summary tokens ([USER], [MOD_m], [HIST_m]), the
+                         decoder's input before any query: beside qanchor_query it says whether a
+                         task's signal is lost in the encoder or between the prefix and <USER_EMB>
   static_query           logistic probe on Q-Anchor embeddings from one generic query for all tasks
   qanchor_query          logistic probe on Q-Anchor embeddings from the task's own query
   qanchor_paraphrase     the same with a paraphrased query never seen in pretraining or tuning
@@ -33,6 +36,7 @@ from qanchor.embedding_engine import EmbeddingEngine
 from qanchor.features import UserFeatures
 from qanchor.modality_spec import ModalitySpec
 from qanchor.model import QAnchor
+from qanchor.model.batch import collate_users
 from qanchor.model.text_encoder import TextEmbeddingCache
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, text_embeddings
 from training.evaluation.geometry import embedding_geometry
@@ -41,8 +45,8 @@ from training.evaluation.population import EvaluationPopulation
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
 from training.scenario_tuning import TuningSettings, tune
 
-METHODS = ("oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "static_query", "qanchor_query", "qanchor_paraphrase",
-           "qanchor_prompt", "qanchor_prompt_proto")
+METHODS = ("oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "qanchor_prefix", "static_query", "qanchor_query",
+           "qanchor_paraphrase", "qanchor_prompt", "qanchor_prompt_proto")
 BASELINES = ("gbdt_aggregates", "gbdt_history", "minilm_text")
 #: A task with fewer test positives than this is reported but left out of means over tasks.
 MIN_TEST_POSITIVES = 20
@@ -91,6 +95,22 @@ def query_embeddings(model: QAnchor, users: list[UserFeatures], times: list[int]
     return engine.embed(users, times, [engine.query_suffix(q, q, prompt) for q in queries])
 
 
+@torch.no_grad()
+def prefix_summaries(model: QAnchor, users: list[UserFeatures], times: list[int], batch_size: int = 64) -> np.ndarray:
+    """[n_users, (1 + M + history tokens) * H]: each user's [USER], [MOD_m] and [HIST_m] token
+    inputs, flattened (the event tokens are left out: their number varies per user)."""
+    net = model.network.eval()
+    out = []
+    for start in range(0, len(users), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate_users(users[start:start + batch_size],
+                                                                 times[start:start + batch_size],
+                                                                 model.spec, model.cache).items()}
+        encoded = net.user_encoder(batch, model.cache.table(model.device))  # after collate: it adds new texts
+        tokens = torch.cat([encoded.user.unsqueeze(1), encoded.modalities, encoded.history], dim=1)
+        out.append(tokens.flatten(1).float().cpu().numpy())
+    return np.concatenate(out)
+
+
 def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], tasks: list[str],
                  resamples: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Per (method, task) rows over every task; per-method means over `tasks` only."""
@@ -115,12 +135,14 @@ def _score_table(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
 
 def _comparisons(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray], tasks: list[str],
                  summary: list[dict], resamples: int, seed: int) -> list[dict]:
-    """Paired differences that carry the method's claims: query vs generic, Q-Anchor vs the best
-    baseline (best by mean test AUC, which favours the baseline), prototypes vs probe."""
+    """Paired differences that carry the method's claims: query vs generic, the embedding vs the
+    prefix it was computed from, Q-Anchor vs the best baseline (best by mean test AUC, which
+    favours the baseline), prototypes vs probe."""
     mean_auc = {s["method"]: s["mean_auc"] for s in summary}
     baselines = [m for m in BASELINES if m in mean_auc]
     best = max(baselines, key=mean_auc.__getitem__) if baselines else None
-    pairs = [("qanchor_query", "static_query"), ("qanchor_prompt_proto", "qanchor_prompt")]
+    pairs = [("qanchor_query", "static_query"), ("qanchor_query", "qanchor_prefix"),
+             ("qanchor_prompt_proto", "qanchor_prompt")]
     if best is not None:
         pairs += [("qanchor_query", best), ("qanchor_prompt", best)]
     rows = [{"method": a, "versus": b, **paired_difference(labels, tasks, scores[a], scores[b], resamples, seed)}
@@ -219,6 +241,12 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
             scores[method].update(by_task)
         seconds["baselines"] = time.perf_counter() - start
         bar.update()
+
+    start = time.perf_counter()
+    summaries = prefix_summaries(model, users, times, settings.batch_size)
+    for task, y in labels.items():
+        scores["qanchor_prefix"][task] = logistic_probe(summaries, y, parts, settings.seed).test_scores
+    seconds["prefix_probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
     queries = [tasks.generic_query, *(t.query for t in tasks.tasks)]
