@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--pretrain-users", type=int, default=None,
                         help="Pretrain on this many train-split users (all their questions). Default: all.")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--no-prefix-probe", action="store_true", help="Skip the qanchor_prefix row (its probe is slow on a busy CPU).")
     parser.add_argument("--no-text-baseline", action="store_true",
                         help="Skip the MiniLM row (about an hour per 5,000 users on 2 CPU cores).")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
@@ -380,7 +381,8 @@ def main() -> None:
         models[variant] = model
         settings = EvaluationSettings(baselines=bundle.baseline_scores is not None,
                                       prompt_tuning=args.tune == "all" or (args.tune == "default" and variant in ("full", "no_pretraining")),
-                                      paraphrases=variant == "full", tune_steps=args.tune_steps, resamples=args.resamples)
+                                      paraphrases=variant == "full", prefix_probe=not args.no_prefix_probe,
+                                      tune_steps=args.tune_steps, resamples=args.resamples)
         result = evaluate(model, population, settings, baseline_scores=bundle.baseline_scores)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
         save_test_scores(args.out / variant, result)

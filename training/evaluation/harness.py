@@ -61,6 +61,8 @@ class EvaluationSettings(BaseModel):
     #: The MiniLM row among the baselines (costly on CPU for large populations).
     text_baseline: bool = True
     paraphrases: bool = True
+    #: The `qanchor_prefix` row: a probe over every summary token (about 100 s for 5,000 users on 2 cores).
+    prefix_probe: bool = True
     prompt_tuning: bool = True
     tune_steps: int = Field(default=150, gt=0)
     tokens: int = Field(default=6, ge=1, le=64)
@@ -242,11 +244,12 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
         seconds["baselines"] = time.perf_counter() - start
         bar.update()
 
-    start = time.perf_counter()
-    summaries = prefix_summaries(model, users, times, settings.batch_size)
-    for task, y in labels.items():
-        scores["qanchor_prefix"][task] = logistic_probe(summaries, y, parts, settings.seed).test_scores
-    seconds["prefix_probe"] = time.perf_counter() - start
+    if settings.prefix_probe:
+        start = time.perf_counter()
+        summaries = prefix_summaries(model, users, times, settings.batch_size)
+        for task, y in labels.items():
+            scores["qanchor_prefix"][task] = logistic_probe(summaries, y, parts, settings.seed).test_scores
+        seconds["prefix_probe"] = time.perf_counter() - start
 
     start = time.perf_counter()
     queries = [tasks.generic_query, *(t.query for t in tasks.tasks)]
