@@ -32,13 +32,15 @@ EXPERIMENT = "qanchor-evaluation"
 @click.option("--baselines/--no-baselines", default=True, show_default=True, help="LightGBM and MiniLM baselines.")
 @click.option("--text-baseline/--no-text-baseline", default=True, show_default=True,
               help="The MiniLM row (six 256-token sections per user: about an hour per 5,000 users on 2 CPU cores).")
+@click.option("--prefix-probe/--no-prefix-probe", default=True, show_default=True,
+              help="The qanchor_prefix row: a probe on the encoder's summary tokens (where a lost signal is lost).")
 @click.option("--tuning/--no-tuning", default=True, show_default=True, help="Tune a soft prompt per task.")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--mlflow/--no-mlflow", "log_mlflow", default=True, show_default=True,
               help=f"Log the report to the MLflow experiment {EXPERIMENT}.")
 def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | None, max_users: int | None,
-             tune_steps: int, tokens: int, resamples: int, seed: int, baselines: bool, text_baseline: bool, tuning: bool,
-             plots: bool, log_mlflow: bool) -> None:
+             tune_steps: int, tokens: int, resamples: int, seed: int, baselines: bool, text_baseline: bool,
+             prefix_probe: bool, tuning: bool, plots: bool, log_mlflow: bool) -> None:
     """Score Q-Anchor embeddings on the downstream tasks against baselines (AUC/KS with 95% intervals)."""
     from pydantic import ValidationError
 
@@ -61,7 +63,8 @@ def evaluate(backbone: str, repo: Path, dataset: Path, tasks: str, out: Path | N
         raise click.BadParameter(str(err), param_hint="--tasks") from None
     try:
         settings = EvaluationSettings(tasks=names, baselines=baselines, text_baseline=text_baseline, prompt_tuning=tuning,
-                                      tune_steps=tune_steps, tokens=tokens, resamples=resamples, seed=seed)
+                                      prefix_probe=prefix_probe, tune_steps=tune_steps, tokens=tokens,
+                                      resamples=resamples, seed=seed)
     except ValidationError as err:
         raise click.BadParameter(err.errors()[0]["msg"], param_hint="--tasks") from None
     when = datetime.now(timezone.utc)
