@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from qanchor.features import UserFeatures, feature_digest
-from qanchor.model.batch import collate_users
 from qanchor.model.qanchor import QAnchor
 from qanchor.prefix_cache import PrefixCache, PrefixKey, PrefixState
 from qanchor.scenario import LoadedScenario
@@ -89,9 +88,7 @@ class EmbeddingEngine:
     def encode(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> PrefixBatch:
         """Run the decoder over the users' prefixes (no cache involved); one batch, right-padded."""
         net = self.model.network
-        batch = {k: v.to(self.device) for k, v in
-                 collate_users(list(users), list(reference_times), self.model.spec, self.model.cache).items()}
-        prefixes = net.prefix_embeddings(batch, self.model.cache.table(self.device))
+        prefixes = net.prefix_embeddings(*self.model.collate(list(users), list(reference_times)))
         width = max(prefixes.host_lengths)
         return encode_prefixes(net.lm.get_decoder(), prefixes.tokens[:, :width].to(net.lm.dtype), prefixes.lengths)
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_model, save_model
 from qanchor.features import UserFeatures
 from qanchor.modality_spec import FeatureSchemaError, ModalitySpec, parse_spec, spec_differences
 from qanchor.model.backbone import backbone_from_saved, load_backbone
-from qanchor.model.batch import collate_users
+from qanchor.model.batch import ModalityBatch, collate_users
 from qanchor.model.config import ModelSettings
 from qanchor.model.modeling import QAnchorModel
 from qanchor.model.text_encoder import TextEmbeddingCache
@@ -134,6 +134,12 @@ class QAnchor:
             out[start:start + len(chunk)] = vectors.reshape(len(chunk), len(queries), -1).cpu().numpy()
         return out
 
+    def collate(self, users: list[UserFeatures], reference_times: list[int]) -> tuple[dict[str, ModalityBatch], torch.Tensor]:
+        """The users' tensors on the model's device and the text-embedding table they index, taken
+        after collating (which adds the users' new texts to the cache)."""
+        batch = {k: v.to(self.device) for k, v in collate_users(users, reference_times, self.spec, self.cache).items()}
+        return batch, self.cache.table(self.device)
+
     def anchor_embeddings(self, users: list[UserFeatures], reference_times: list[int], queries: list[str],
                           soft_prompt: torch.Tensor | None = None, paired: bool = False) -> torch.Tensor:
         """Anchor-tower embeddings, differentiable (callers choose no_grad).
@@ -142,8 +148,7 @@ class QAnchor:
         [n_users * n_queries, D]. `paired=True`: `queries[i]` belongs to `users[i]`, [n_users, D].
         """
         net = self.network
-        batch = {k: v.to(self.device) for k, v in collate_users(users, reference_times, self.spec, self.cache).items()}
-        prefixes = net.prefix_embeddings(batch, self.cache.table(self.device))
+        prefixes = net.prefix_embeddings(*self.collate(users, reference_times))
         suffixes = net.suffix_ids(queries)
         if not paired:
             prefixes, suffixes = prefixes.repeat(len(queries)), suffixes * len(users)

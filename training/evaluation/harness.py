@@ -36,7 +36,6 @@ from qanchor.embedding_engine import EmbeddingEngine
 from qanchor.features import UserFeatures
 from qanchor.modality_spec import ModalitySpec
 from qanchor.model import QAnchor
-from qanchor.model.batch import collate_users
 from qanchor.model.text_encoder import TextEmbeddingCache
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, text_embeddings
 from training.evaluation.geometry import embedding_geometry
@@ -104,10 +103,7 @@ def prefix_summaries(model: QAnchor, users: list[UserFeatures], times: list[int]
     net = model.network.eval()
     out = []
     for start in range(0, len(users), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate_users(users[start:start + batch_size],
-                                                                 times[start:start + batch_size],
-                                                                 model.spec, model.cache).items()}
-        encoded = net.user_encoder(batch, model.cache.table(model.device))  # after collate: it adds new texts
+        encoded = net.user_encoder(*model.collate(users[start:start + batch_size], times[start:start + batch_size]))
         tokens = torch.cat([encoded.user.unsqueeze(1), encoded.modalities, encoded.history], dim=1)
         out.append(tokens.flatten(1).float().cpu().numpy())
     return np.concatenate(out)
