@@ -13,6 +13,7 @@ comparable within one run:
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   by_question          full with batches grouping 16 users under each question (users_per_question 16)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
+  readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -20,7 +21,8 @@ comparable within one run:
   data_25, data_50     pretraining on 25% / 50% of the train-split examples
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
-Variants combine with `+`: `by_question+uniform` applies both changes to the base config.
+Variants combine with `+`: `by_question+uniform` applies both changes to the base config;
+`no_pretraining` combines only with the parts that shape the model (`no_pretraining+readout`).
 
 Baselines (LightGBM on recent aggregates and on window-long history, MiniLM text) do not depend
 on the backbone: they are scored once per population (when a bundle is exported, on the machine
@@ -85,8 +87,10 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "no_contrastive", "no_ntp",
-            "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
+            "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+#: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
+MODEL_PARTS = {"no_history", "history_slots", "readout", "no_summary_tokens"}
 
 
 def train_examples(dataset: Path) -> int:
@@ -114,6 +118,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["data"]["users_per_question"] = 16
         elif part == "uniform":
             cfg["model"]["loss"]["uniformity_weight"] = 0.5
+        elif part == "readout":
+            cfg["model"]["summary_readout"] = True
         elif part == "no_contrastive":
             cfg["model"]["loss"]["contrastive_weight"] = 0.0
         elif part == "no_ntp":
@@ -124,7 +130,7 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["data"]["max_train_examples"] = pool * int(part.removeprefix("data_")) // 100
         elif part == "smollm2":
             cfg["model"]["backbone"]["name"] = "smollm2-135m"
-        elif part != "full":
+        elif part not in ("full", "no_pretraining"):
             raise ValueError(f"unknown variant {part!r}")
     return PretrainConfig.model_validate(cfg)
 
@@ -134,10 +140,12 @@ def variant_parts(variant: str) -> list[str]:
 
 
 def unknown_variants(variants: list[str]) -> list[str]:
-    """Names `variant_config` cannot build; `no_pretraining` trains nothing, so it combines with none."""
+    """Names `variant_config` cannot build; `no_pretraining` trains nothing, so it combines with
+    the model-layout parts only."""
     known = {*VARIANTS, "smollm2"}
     return sorted({v for v in variants if any(p not in known for p in variant_parts(v))
-                   or ("no_pretraining" in variant_parts(v) and v != "no_pretraining")})
+                   or ("no_pretraining" in variant_parts(v)
+                       and not set(variant_parts(v)) - {"no_pretraining"} <= MODEL_PARTS)})
 
 
 def variant_spec(spec: ModalitySpec, variant: str) -> ModalitySpec:
@@ -328,7 +336,7 @@ def main() -> None:
     unknown = unknown_variants(variants)
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}, or join several "
-                     "with '+' (no_pretraining alone)")
+                     f"with '+' (no_pretraining only with {sorted(MODEL_PARTS)})")
     base = load_config(args.config)
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
@@ -371,12 +379,12 @@ def main() -> None:
     for variant in variants:
         start = time.perf_counter()
         spec = variant_spec(bundle.spec, variant)
-        if variant == "no_pretraining":
-            model = QAnchor.build(spec, base.model, seed=base.seed)
+        cfg = variant_config(base, variant, dataset, args.repo or Path("."), args.steps, pool, args.out)
+        if "no_pretraining" in variant_parts(variant):
+            model = QAnchor.build(spec, cfg.model, seed=base.seed)
             model.cache = cache
             model.network.to(device)
         else:
-            cfg = variant_config(base, variant, dataset, args.repo or Path("."), args.steps, pool, args.out)
             model = pretrain_from_bundle(cfg, spec, bundle, cache)
         models[variant] = model
         settings = EvaluationSettings(baselines=bundle.baseline_scores is not None,

@@ -18,7 +18,7 @@ prefix KV is a constant and a step runs only the ~20 suffix positions forward an
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -90,7 +90,10 @@ class EmbeddingEngine:
         net = self.model.network
         prefixes = net.prefix_embeddings(*self.model.collate(list(users), list(reference_times)))
         width = max(prefixes.host_lengths)
-        return encode_prefixes(net.lm.get_decoder(), prefixes.tokens[:, :width].to(net.lm.dtype), prefixes.lengths)
+        encoded = encode_prefixes(net.lm.get_decoder(), prefixes.tokens[:, :width].to(net.lm.dtype), prefixes.lengths)
+        if net.readout is None:
+            return encoded
+        return replace(encoded, summary=prefixes.summary, summary_mask=prefixes.summary_mask)
 
     def prefixes(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> list[PrefixState]:
         """Each user's prefix state: from the cache where the key matches, else encoded (and cached)."""
@@ -119,9 +122,16 @@ class EmbeddingEngine:
             if s.soft_prompt is not None:
                 parts.insert(0, s.soft_prompt.to(self.device, parts[0].dtype))
             blocks.append(torch.cat(parts))
-        pooled = suffix_states(net.lm.get_decoder(), prefix, blocks,
+        states = suffix_states(net.lm.get_decoder(), prefix, blocks,
                                sdpa=net.settings.backbone.attn_implementation == "sdpa")
-        return net.project(pooled)
+        if net.readout is None:
+            return net.project(states)
+        if prefix.summary is None:
+            raise ValueError("this model reads the users' summary tokens: encode the prefixes with EmbeddingEngine.encode")
+        n = len(suffixes)
+        vectors = net.embed_state(states.flatten(0, 1), prefix.summary.repeat_interleave(n, dim=0),
+                                  prefix.summary_mask.repeat_interleave(n, dim=0))
+        return vectors.view(prefix.size, n, -1)
 
     @torch.no_grad()
     def embed(self, users: Sequence[UserFeatures], reference_times: Sequence[int],

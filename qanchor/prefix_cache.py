@@ -1,6 +1,6 @@
 """Byte-bounded LRU of user-prefix KV caches, a device tier in front of a host tier.
 
-A user's prefix (`[USER] [MOD_1..M] [events]`) never depends on the scenario, so its per-layer
+A user's prefix (`[USER] [MOD_1..M] [HIST_1..M] [events]`) never depends on the scenario, so its per-layer
 keys and values are computed once and reused for every scenario query. An entry is keyed by
 (backbone version, user id, feature version): the feature version is a digest of the user's
 features and reference time (`qanchor.features.feature_digest`), so a feature update or a new
@@ -30,10 +30,12 @@ class PrefixKey:
 
 @dataclass(frozen=True)
 class PrefixState:
-    """One user's prefix KV: per layer, keys and values [kv_heads, length, head_dim] (post-RoPE)."""
+    """One user's prefix KV: per layer, keys and values [kv_heads, length, head_dim] (post-RoPE);
+    and, for a model with a summary readout, the prefix's summary token inputs [n, hidden]."""
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
+    summary: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -41,14 +43,16 @@ class PrefixState:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+        extra = () if self.summary is None else (self.summary,)
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values, *extra))
 
     @property
     def device(self) -> torch.device:
         return self.keys[0].device
 
     def to(self, device: torch.device | str) -> PrefixState:
-        return PrefixState(tuple(k.to(device) for k in self.keys), tuple(v.to(device) for v in self.values))
+        return PrefixState(tuple(k.to(device) for k in self.keys), tuple(v.to(device) for v in self.values),
+                           None if self.summary is None else self.summary.to(device))
 
 
 @dataclass

@@ -23,23 +23,32 @@ from qanchor.prefix_cache import PrefixState
 
 @dataclass(frozen=True)
 class PrefixBatch:
-    """Prefixes of several users stacked for one pass: per layer [U, kv_heads, P, head_dim], right-padded."""
+    """Prefixes of several users stacked for one pass: per layer [U, kv_heads, P, head_dim], right-padded;
+    with a summary readout, the users' summary tokens [U, S, hidden] and which are real [U, S]."""
 
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
     lengths: torch.Tensor  # [U] real prefix tokens per user
+    summary: torch.Tensor | None = None
+    summary_mask: torch.Tensor | None = None
 
     @classmethod
     def stack(cls, states: Sequence[PrefixState]) -> PrefixBatch:
         width = max(s.length for s in states)
         layers = len(states[0].keys)
 
-        def pad(t: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]))
+        def pad(t: torch.Tensor, to: int) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, 0, 0, to - t.shape[-2]))
 
-        keys = tuple(torch.stack([pad(s.keys[i]) for s in states]) for i in range(layers))
-        values = tuple(torch.stack([pad(s.values[i]) for s in states]) for i in range(layers))
-        return cls(keys, values, torch.tensor([s.length for s in states], device=keys[0].device))
+        keys = tuple(torch.stack([pad(s.keys[i], width) for s in states]) for i in range(layers))
+        values = tuple(torch.stack([pad(s.values[i], width) for s in states]) for i in range(layers))
+        lengths = torch.tensor([s.length for s in states], device=keys[0].device)
+        if states[0].summary is None:
+            return cls(keys, values, lengths)
+        counts = torch.tensor([s.summary.shape[0] for s in states], device=keys[0].device)
+        most = int(counts.max())
+        summary = torch.stack([pad(s.summary, most) for s in states])
+        return cls(keys, values, lengths, summary, torch.arange(most, device=counts.device) < counts.unsqueeze(1))
 
     @property
     def size(self) -> int:
@@ -47,12 +56,15 @@ class PrefixBatch:
 
     def select(self, index: torch.Tensor) -> PrefixBatch:
         index = index.to(self.lengths.device)
+        pick = (lambda t: None if t is None else t.index_select(0, index))
         return PrefixBatch(tuple(k.index_select(0, index) for k in self.keys),
-                           tuple(v.index_select(0, index) for v in self.values), self.lengths.index_select(0, index))
+                           tuple(v.index_select(0, index) for v in self.values), self.lengths.index_select(0, index),
+                           pick(self.summary), pick(self.summary_mask))
 
     def unstack(self) -> list[PrefixState]:
         """Per-user states, each trimmed to its real length and copied out of the batch's storage."""
-        return [PrefixState(tuple(k[u, :, :n].clone() for k in self.keys), tuple(v[u, :, :n].clone() for v in self.values))
+        return [PrefixState(tuple(k[u, :, :n].clone() for k in self.keys), tuple(v[u, :, :n].clone() for v in self.values),
+                            None if self.summary is None else self.summary[u][self.summary_mask[u]].clone())
                 for u, n in enumerate(self.lengths.tolist())]
 
 

@@ -22,9 +22,11 @@ REF = int(pd.Timestamp(AS_OF).timestamp())
 QUERIES = ["will this user repay a loan late?", "does this user like travel deals?", "night owl?"]
 
 
-@pytest.fixture(scope="module")
-def model(spec):
-    return QAnchor.build(spec, ModelSettings(), seed=3)
+@pytest.fixture(scope="module", params=[False, True], ids=["state", "summary_readout"])
+def model(spec, request):
+    """Every engine behaviour holds for both readouts: the `<USER_EMB>` state alone, and that state
+    attending over the user's summary tokens (which then travel in the cache beside the KV)."""
+    return QAnchor.build(spec, ModelSettings(summary_readout=request.param), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +148,11 @@ def test_prefix_batch_round_trips_through_stack_and_unstack(model, users):
         torch.testing.assert_close(back.values[-1], original.values[-1], atol=0, rtol=0)
     picked = batch.select(torch.tensor([2, 0]))
     assert picked.lengths.tolist() == [states[2].length, states[0].length]
+    if model.network.readout is not None:
+        for original, back in zip(states, batch.unstack()):
+            torch.testing.assert_close(back.summary, original.summary, atol=0, rtol=0)
+        assert picked.summary_mask.sum(1).tolist() == [states[2].summary.shape[0], states[0].summary.shape[0]]
+        assert states[0].nbytes > sum(t.numel() * t.element_size() for t in (*states[0].keys, *states[0].values))
 
 
 def test_free_text_queries_longer_than_the_budget_are_refused_not_truncated(model):

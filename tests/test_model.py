@@ -151,6 +151,19 @@ def test_save_and_load_round_trip(tiny, users, tmp_path):
     assert (loaded.embed(users, queries, reference_time=REF) == before).all()
 
 
+def test_summary_readout_round_trips_and_leaves_a_row_without_summaries_as_its_state(spec, users, tmp_path):
+    read = QAnchor.build(spec, ModelSettings(summary_readout=True), seed=0)
+    queries = ["will this user repay late?", "likes travel deals?"]
+    before = read.embed(users, queries, reference_time=REF)
+    loaded = QAnchor.from_pretrained(read.save_pretrained(tmp_path / "read"))
+    assert loaded.network.readout is not None
+    assert (loaded.embed(users, queries, reference_time=REF) == before).all()
+    state, summary = torch.randn(2, 128), torch.randn(2, 5, 128)
+    mask = torch.tensor([[True, True, False, False, False], [False] * 5])
+    out = read.network.readout(state, summary, mask)
+    assert not torch.allclose(out[0], state[0]) and torch.equal(out[1], state[1])
+
+
 def test_a_model_saved_before_the_history_view_loads_with_its_old_layout(spec, users, tmp_path):
     """Saved settings without `history_tokens` / `history_slots` (and weights without the history
     modules) still load."""

@@ -75,4 +75,8 @@ class ModelSettings(_Config):
     #: Measured on the GPU (docs/benchmarks.md) it did not help and crowded users together, so
     #: it stays opt-in. The slots read only the user's features: the prefix stays cacheable.
     history_slots: int = Field(default=0, ge=0, le=16)
+    #: The `<USER_EMB>` state also attends over the user's summary tokens before the projection
+    #: (`qanchor.model.modeling.SummaryReadout`), so the query can pick out a modality's or a
+    #: history's summary instead of reading it through the decoder's mix of every prefix token.
+    summary_readout: bool = False
     loss: LossSettings = LossSettings()

@@ -8,6 +8,10 @@ Sequence of the anchor tower (one row per (user, query) pair, packed left, right
 modality m's window (per-kind counts, recency, sums from the history feature view), while the
 event tokens are only its last `max_events` events.
 
+With `summary_readout` the embedding also reads the summary tokens directly: the `<USER_EMB>`
+state attends over the row's `[USER] [MOD_m] [HIST_m]` inputs (`SummaryReadout`), so what the
+decoder's mixing washes out of that one state stays within the query's reach.
+
 Everything left of `|` is the user prefix: it is built from the user's features alone, so under
 causal attention its hidden states (and KV cache) never depend on the query. Empty modalities
 and padded events are dropped from the packed row rather than masked, so a user's prefix is
@@ -159,6 +163,44 @@ class HierarchicalUserEncoder(nn.Module):
         return EncodedUsers(user, mods, history, history_present, events)
 
 
+class SummaryReadout(nn.Module):
+    """Multi-head attention by the `<USER_EMB>` state over the user's summary tokens, added back
+    to that state before the projection.
+
+    Why: a linear probe on the `[MOD_m]` / `[HIST_m]` inputs reads habits (a refill, a renewal)
+    that a probe on the `<USER_EMB>` state no longer can (docs/benchmarks.md, "Where the habit
+    signal is lost"): the decoder mixes ~100 event tokens into that one state and the few summary
+    tokens drown. Here the query's state chooses which summaries to read. The summaries come
+    from the user's features alone, so they are cached with the prefix and the prefix still
+    never depends on the query.
+    """
+
+    def __init__(self, hidden: int, heads: int = 4):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of {heads} readout heads")
+        self.heads = heads
+        self.norm = nn.LayerNorm(hidden)
+        self.query = nn.Linear(hidden, hidden, bias=False)
+        self.key = nn.Linear(hidden, hidden, bias=False)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+
+    def forward(self, state: torch.Tensor, summary: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """state [R, H], summary [R, S, H], mask [R, S] -> [R, H]. A row without summaries keeps its state."""
+        rows, width, hidden = summary.shape
+        dtype = self.norm.weight.dtype
+        state, summary = state.to(dtype), self.norm(summary.to(dtype))
+        head = hidden // self.heads
+        q = self.query(state).view(rows, self.heads, head)
+        k = self.key(summary).view(rows, width, self.heads, head)
+        v = self.value(summary).view(rows, width, self.heads, head)
+        scores = torch.einsum("rhd,rshd->rhs", q, k) * head ** -0.5
+        scores = scores.masked_fill(~mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+        pooled = torch.einsum("rhs,rshd->rhd", torch.softmax(scores, dim=-1), v).reshape(rows, hidden)
+        return state + self.out(pooled) * mask.any(1, keepdim=True)
+
+
 @dataclass
 class Prefixes:
     """User prefixes, one row per user: valid tokens first (in layout order), then filler."""
@@ -166,11 +208,14 @@ class Prefixes:
     tokens: torch.Tensor      # [B, P, H]
     lengths: torch.Tensor     # [B] valid tokens per row (device)
     host_lengths: list[int]   # the same, on the host: sizes the packed batch without a sync
+    summary: torch.Tensor     # [B, S, H] the [USER] [MOD_m] [HIST_m] candidates (what `SummaryReadout` reads)
+    summary_mask: torch.Tensor  # [B, S] which of them are in the prefix
 
     def repeat(self, n: int) -> Prefixes:
         """Each row `n` times in a row: one user, several queries."""
         return Prefixes(self.tokens.repeat_interleave(n, dim=0), self.lengths.repeat_interleave(n),
-                        [length for length in self.host_lengths for _ in range(n)])
+                        [length for length in self.host_lengths for _ in range(n)],
+                        self.summary.repeat_interleave(n, dim=0), self.summary_mask.repeat_interleave(n, dim=0))
 
 
 @dataclass
@@ -185,6 +230,8 @@ class PackedSequences:
     embeds: torch.Tensor       # [R, L, H]
     attention_mask: torch.Tensor  # [R, L]
     emb_index: torch.Tensor    # [R] position of <USER_EMB>
+    summary: torch.Tensor      # [R, S, H] each row's user summaries (`Prefixes.summary`)
+    summary_mask: torch.Tensor  # [R, S]
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
 
 
@@ -206,6 +253,7 @@ class QAnchorModel(nn.Module):
             #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
             self.history_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
+        self.readout = SummaryReadout(hidden) if settings.summary_readout else None
         #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
         self.pad_to_multiple = 1
         ids = backbone.token_ids
@@ -253,6 +301,7 @@ class QAnchorModel(nn.Module):
         valid = [torch.full_like(present[:, :1], summaries), present & summaries]
         if self.user_encoder.history_names:
             valid.append(encoded.history_present)
+        summary, summary_mask = torch.cat(candidates, dim=1), torch.cat(valid, dim=1)
         for i, name in enumerate(self.spec.names):
             candidates.append(encoded.events[i] + types[1 + i])
             valid.append(batch[name].mask)
@@ -260,7 +309,7 @@ class QAnchorModel(nn.Module):
         order = torch.sort((~valid_mask).to(torch.int8), dim=1, stable=True).indices
         tokens = tokens.gather(1, order.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         lengths = valid_mask.sum(1)
-        return Prefixes(tokens, lengths, lengths.tolist())
+        return Prefixes(tokens, lengths, lengths.tolist(), summary, summary_mask)
 
     def suffix_ids(self, queries: list[str]) -> list[torch.Tensor]:
         """`<QUERY> query tokens <USER_EMB>` per query (the soft prompt, if any, goes before these)."""
@@ -298,7 +347,8 @@ class QAnchorModel(nn.Module):
         total = torch.tensor(totals, device=device)
         mask = (torch.arange(length, device=device) < total.unsqueeze(1)).long()
         suffix_lengths = torch.tensor([s.shape[0] for s in suffixes], device=device)
-        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1)
+        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, prefixes.summary,
+                                 prefixes.summary_mask)
         if answers is not None:
             packed.answer_ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=-100).to(device)
         return packed
@@ -311,11 +361,18 @@ class QAnchorModel(nn.Module):
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(hidden).float(), dim=-1)
 
+    def embed_state(self, state: torch.Tensor, summary: torch.Tensor, summary_mask: torch.Tensor) -> torch.Tensor:
+        """The anchor embedding from the `<USER_EMB>` state [R, H] and the row's user summaries
+        (read only with `summary_readout`)."""
+        if self.readout is not None:
+            state = self.readout(state, summary, summary_mask)
+        return self.project(state)
+
     def anchor_forward(self, packed: PackedSequences) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Anchor embeddings [R, D] and, when answers are packed, the mean NTP loss of the answers."""
         hidden = self.hidden_states(packed)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        embedding = self.project(hidden[rows, packed.emb_index])
+        embedding = self.embed_state(hidden[rows, packed.emb_index], packed.summary, packed.summary_mask)
         if packed.answer_ids is None:
             return embedding, None
         width = packed.answer_ids.shape[1]
