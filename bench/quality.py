@@ -14,6 +14,7 @@ comparable within one run:
   by_question          full with batches grouping 16 users under each question (users_per_question 16)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
+  wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -88,9 +89,9 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
-            "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+            "wide", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
-MODEL_PARTS = {"no_history", "history_slots", "readout", "no_summary_tokens"}
+MODEL_PARTS = {"no_history", "history_slots", "readout", "wide", "no_summary_tokens"}
 
 
 def train_examples(dataset: Path) -> int:
@@ -120,6 +121,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["loss"]["uniformity_weight"] = 0.5
         elif part == "readout":
             cfg["model"]["summary_readout"] = True
+        elif part == "wide":
+            cfg["model"]["embed_dim"] = 512
         elif part == "no_contrastive":
             cfg["model"]["loss"]["contrastive_weight"] = 0.0
         elif part == "no_ntp":
