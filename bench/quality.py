@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--smollm2", action="store_true", help="Also pretrain and score the smollm2-135m backbone.")
     parser.add_argument("--steps", type=int, default=150, help="Pretraining steps per variant.")
+    parser.add_argument("--seed", type=int, default=None, help="Override the config's seed (seed replicates).")
     parser.add_argument("--pretrain-examples", type=int, default=None,
                         help="The pretraining set (100%%). Default: one epoch of --steps, capped by the train split.")
     parser.add_argument("--tune-steps", type=int, default=150)
@@ -341,6 +342,8 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}, or join several "
                      f"with '+' (no_pretraining only with {sorted(MODEL_PARTS)})")
     base = load_config(args.config)
+    if args.seed is not None:
+        base = base.model_copy(update={"seed": args.seed})
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
     else:

@@ -91,8 +91,6 @@ class EmbeddingEngine:
         prefixes = net.prefix_embeddings(*self.model.collate(list(users), list(reference_times)))
         width = max(prefixes.host_lengths)
         encoded = encode_prefixes(net.lm.get_decoder(), prefixes.tokens[:, :width].to(net.lm.dtype), prefixes.lengths)
-        if net.readout is None:
-            return encoded
         return replace(encoded, summary=prefixes.summary, summary_mask=prefixes.summary_mask)
 
     def prefixes(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> list[PrefixState]:
@@ -124,14 +122,10 @@ class EmbeddingEngine:
             blocks.append(torch.cat(parts))
         states = suffix_states(net.lm.get_decoder(), prefix, blocks,
                                sdpa=net.settings.backbone.attn_implementation == "sdpa")
-        if net.readout is None:
-            return net.project(states)
-        if prefix.summary is None:
-            raise ValueError("this model reads the users' summary tokens: encode the prefixes with EmbeddingEngine.encode")
         n = len(suffixes)
-        vectors = net.embed_state(states.flatten(0, 1), prefix.summary.repeat_interleave(n, dim=0),
-                                  prefix.summary_mask.repeat_interleave(n, dim=0))
-        return vectors.view(prefix.size, n, -1)
+        summary, mask = (None, None) if prefix.summary is None else (
+            prefix.summary.repeat_interleave(n, dim=0), prefix.summary_mask.repeat_interleave(n, dim=0))
+        return net.embed_state(states.flatten(0, 1), summary, mask).view(prefix.size, n, -1)
 
     @torch.no_grad()
     def embed(self, users: Sequence[UserFeatures], reference_times: Sequence[int],

@@ -208,14 +208,17 @@ class Prefixes:
     tokens: torch.Tensor      # [B, P, H]
     lengths: torch.Tensor     # [B] valid tokens per row (device)
     host_lengths: list[int]   # the same, on the host: sizes the packed batch without a sync
-    summary: torch.Tensor     # [B, S, H] the [USER] [MOD_m] [HIST_m] candidates (what `SummaryReadout` reads)
-    summary_mask: torch.Tensor  # [B, S] which of them are in the prefix
+    #: [B, S, H] the [USER] [MOD_m] [HIST_m] candidates and [B, S] which are in the prefix; only
+    #: for a model with a `SummaryReadout` (None otherwise: nothing reads them).
+    summary: torch.Tensor | None = None
+    summary_mask: torch.Tensor | None = None
 
     def repeat(self, n: int) -> Prefixes:
         """Each row `n` times in a row: one user, several queries."""
+        summary, mask = (None, None) if self.summary is None else (
+            self.summary.repeat_interleave(n, dim=0), self.summary_mask.repeat_interleave(n, dim=0))
         return Prefixes(self.tokens.repeat_interleave(n, dim=0), self.lengths.repeat_interleave(n),
-                        [length for length in self.host_lengths for _ in range(n)],
-                        self.summary.repeat_interleave(n, dim=0), self.summary_mask.repeat_interleave(n, dim=0))
+                        [length for length in self.host_lengths for _ in range(n)], summary, mask)
 
 
 @dataclass
@@ -230,8 +233,8 @@ class PackedSequences:
     embeds: torch.Tensor       # [R, L, H]
     attention_mask: torch.Tensor  # [R, L]
     emb_index: torch.Tensor    # [R] position of <USER_EMB>
-    summary: torch.Tensor      # [R, S, H] each row's user summaries (`Prefixes.summary`)
-    summary_mask: torch.Tensor  # [R, S]
+    summary: torch.Tensor | None = None      # [R, S, H] each row's user summaries (`Prefixes.summary`)
+    summary_mask: torch.Tensor | None = None  # [R, S]
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
 
 
@@ -301,7 +304,7 @@ class QAnchorModel(nn.Module):
         valid = [torch.full_like(present[:, :1], summaries), present & summaries]
         if self.user_encoder.history_names:
             valid.append(encoded.history_present)
-        summary, summary_mask = torch.cat(candidates, dim=1), torch.cat(valid, dim=1)
+        summary, summary_mask = (torch.cat(candidates, dim=1), torch.cat(valid, dim=1)) if self.readout is not None else (None, None)
         for i, name in enumerate(self.spec.names):
             candidates.append(encoded.events[i] + types[1 + i])
             valid.append(batch[name].mask)
@@ -347,8 +350,8 @@ class QAnchorModel(nn.Module):
         total = torch.tensor(totals, device=device)
         mask = (torch.arange(length, device=device) < total.unsqueeze(1)).long()
         suffix_lengths = torch.tensor([s.shape[0] for s in suffixes], device=device)
-        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1, prefixes.summary,
-                                 prefixes.summary_mask)
+        packed = PackedSequences(embeds, mask, prefixes.lengths + k + suffix_lengths - 1,
+                                 summary=prefixes.summary, summary_mask=prefixes.summary_mask)
         if answers is not None:
             packed.answer_ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=-100).to(device)
         return packed
@@ -361,10 +364,14 @@ class QAnchorModel(nn.Module):
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projection(hidden).float(), dim=-1)
 
-    def embed_state(self, state: torch.Tensor, summary: torch.Tensor, summary_mask: torch.Tensor) -> torch.Tensor:
-        """The anchor embedding from the `<USER_EMB>` state [R, H] and the row's user summaries
-        (read only with `summary_readout`)."""
+    def embed_state(self, state: torch.Tensor, summary: torch.Tensor | None,
+                    summary_mask: torch.Tensor | None) -> torch.Tensor:
+        """The anchor embedding from the `<USER_EMB>` state [R, H] and the rows' user summaries
+        (required, and read, only with `summary_readout`)."""
         if self.readout is not None:
+            if summary is None:
+                raise ValueError("this model reads the users' summary tokens: give them with the state "
+                                 "(EmbeddingEngine.encode attaches them to a PrefixBatch)")
             state = self.readout(state, summary, summary_mask)
         return self.project(state)
 
