@@ -15,6 +15,7 @@ comparable within one run:
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
+  ntp_embedding        full with the NTP answer decoded from the embedding alone (loss.ntp_input embedding)
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -89,7 +90,7 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
-            "wide", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+            "wide", "ntp_embedding", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
 MODEL_PARTS = {"no_history", "history_slots", "readout", "wide", "no_summary_tokens"}
 
@@ -123,6 +124,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["summary_readout"] = True
         elif part == "wide":
             cfg["model"]["embed_dim"] = 512
+        elif part == "ntp_embedding":
+            cfg["model"]["loss"]["ntp_input"] = "embedding"
         elif part == "no_contrastive":
             cfg["model"]["loss"]["contrastive_weight"] = 0.0
         elif part == "no_ntp":

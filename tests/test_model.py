@@ -164,6 +164,44 @@ def test_summary_readout_round_trips_and_leaves_a_row_without_summaries_as_its_s
     assert not torch.allclose(out[0], state[0]) and torch.equal(out[1], state[1])
 
 
+def test_ntp_from_the_embedding_decodes_each_answer_from_its_own_vector_only(spec):
+    """With `ntp_input: embedding` the decoder sees one bridged vector and the answer, nothing
+    else: after a few steps on two (vector, answer) pairs, each answer is likelier under its own
+    vector than under the other's, so lowering this loss means putting the answer in the vector."""
+    model = QAnchor.build(spec, ModelSettings(loss={"ntp_input": "embedding"}), seed=0)
+    net = model.network.train()
+    vectors = torch.nn.functional.normalize(torch.randn(2, 128, generator=torch.Generator().manual_seed(0)), dim=-1)
+    answers = net.answer_ids(["12 days ago, the only refill purchase.", "60 days ago, the only refill purchase."])
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(40):
+        optimizer.zero_grad()
+        net.embedding_ntp(vectors, answers).backward()
+        optimizer.step()
+    with torch.no_grad():
+        own = [net.embedding_ntp(vectors[i:i + 1], answers[i:i + 1]) for i in range(2)]
+        swapped = [net.embedding_ntp(vectors[1 - i:2 - i], answers[i:i + 1]) for i in range(2)]
+    assert all(s > o + 0.2 for o, s in zip(own, swapped)), (own, swapped)
+
+
+def test_ntp_from_the_embedding_keeps_the_answer_out_of_the_anchor_row_and_round_trips(spec, users, tmp_path):
+    model = QAnchor.build(spec, ModelSettings(loss={"ntp_input": "embedding"}), seed=0)
+    net = model.network.eval()
+    batch, table = model.collate(users[:2], [REF, REF])
+    suffixes, answers = net.suffix_ids(["repay late?", "book a trip?"]), net.answer_ids(["yes", "no, never"])
+    with torch.no_grad():
+        anchor, _, ntp, tokens = net(batch, table, suffixes, answers)
+        query_only = net.pack(net.prefix_embeddings(batch, table), suffixes)
+        assert torch.allclose(anchor, net.anchor_forward(query_only)[0], atol=1e-6)
+        assert torch.allclose(ntp, net.embedding_ntp(anchor, answers))
+    assert tokens == query_only.attention_mask.sum() + 2 * sum(a.numel() for a in answers)
+    with pytest.raises(ValueError, match="ntp_input: sequence"):
+        QAnchor.build(spec, ModelSettings(), seed=0).network.embedding_ntp(anchor, answers)
+    loaded = QAnchor.from_pretrained(model.save_pretrained(tmp_path / "bridged"))
+    assert torch.equal(loaded.network.answer_bridge.weight, net.answer_bridge.weight)
+    queries = ["repay late?"]
+    assert (loaded.embed(users, queries, reference_time=REF) == model.embed(users, queries, reference_time=REF)).all()
+
+
 def test_a_model_saved_before_the_history_view_loads_with_its_old_layout(spec, users, tmp_path):
     """Saved settings without `history_tokens` / `history_slots` (and weights without the history
     modules) still load."""

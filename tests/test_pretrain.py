@@ -174,6 +174,16 @@ def test_checkpoint_and_resume(trained, tmp_path, dataset, sqlite_store):
     assert run.data.params["resumed_from_step"] == "2"
 
 
+def test_answers_decoded_from_the_embedding_pretrain_through_the_same_path(tmp_path, dataset, sqlite_store):
+    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "model.loss.ntp_input": "embedding",
+                                                           "tracking.register_model": False})
+    summary = pretrain(cfg, progress=False)
+    metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data
+    assert metrics.params["model.loss.ntp_input"] == "embedding"
+    assert 0 < metrics.metrics["ntp"] < 20
+    assert QAnchor.from_pretrained(cfg.output_dir / "final").network.answer_bridge is not None
+
+
 def _registered_versions(uri: str) -> int:
     return len(MlflowClient(uri).search_model_versions("name='qanchor-backbone'"))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Named backbones; anything else must be a local directory or an "org/name" hub id.
@@ -55,6 +57,12 @@ class LossSettings(_Config):
     #: Weight of `qanchor.losses.uniformity_loss` on the (all-gathered) anchors; 0 = the paper's
     #: objective. Spreads users apart under the same query (for prototypes and cosine search).
     uniformity_weight: float = Field(default=0.0, ge=0.0)
+    #: What the NTP answer is decoded from. `sequence` (the paper): the answer follows `<USER_EMB>`
+    #: in the anchor sequence and attends to the query and every prefix token directly, so the
+    #: embedding itself need not hold it. `embedding`: the answer is decoded from the L2-normalised
+    #: embedding alone (a linear bridge into one input token), so every fact the answer states
+    #: ("37 days ago") must be in the vector the scenarios read, under the question asked.
+    ntp_input: Literal["sequence", "embedding"] = "sequence"
 
 
 class ModelSettings(_Config):

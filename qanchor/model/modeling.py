@@ -12,6 +12,10 @@ With `summary_readout` the embedding also reads the summary tokens directly: the
 state attends over the row's `[USER] [MOD_m] [HIST_m]` inputs (`SummaryReadout`), so what the
 decoder's mixing washes out of that one state stays within the query's reach.
 
+With `loss.ntp_input: embedding` the `[answer]` is not in the anchor row: a second, short pass
+decodes it from the projected embedding alone (`embedding_ntp`), so NTP rewards an embedding
+that holds the answer to its own query instead of letting the answer read the prefix directly.
+
 Everything left of `|` is the user prefix: it is built from the user's features alone, so under
 causal attention its hidden states (and KV cache) never depend on the query. Empty modalities
 and padded events are dropped from the packed row rather than masked, so a user's prefix is
@@ -257,6 +261,8 @@ class QAnchorModel(nn.Module):
             self.history_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
         self.readout = SummaryReadout(hidden) if settings.summary_readout else None
+        #: Embedding -> one input token the answer is decoded from (`loss.ntp_input: embedding`).
+        self.answer_bridge = nn.Linear(settings.embed_dim, hidden) if settings.loss.ntp_input == "embedding" else None
         #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
         self.pad_to_multiple = 1
         ids = backbone.token_ids
@@ -384,22 +390,48 @@ class QAnchorModel(nn.Module):
             return embedding, None
         width = packed.answer_ids.shape[1]
         # The hidden state at <USER_EMB> + t predicts answer token t (causal: the embedding never sees it).
-        # Only real answer positions go through the LM head: it is the costliest matmul on a large vocabulary.
         valid = packed.answer_ids != -100
         positions = packed.emb_index.unsqueeze(1) + torch.arange(width, device=hidden.device)
         answer_hidden = hidden[rows.unsqueeze(1).expand(-1, width)[valid], positions[valid]]
-        logits = self.lm.get_output_embeddings()(answer_hidden).float()
-        ntp = F.cross_entropy(logits, packed.answer_ids[valid])
-        return embedding, ntp
+        return embedding, self._answer_loss(answer_hidden, packed.answer_ids[valid])
 
-    def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
-        """Semantic tower: the same backbone on the answer alone, last-token pooling, same projection."""
+    def _answer_loss(self, answer_hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of answer tokens; only real answer positions go through the LM head,
+        the costliest matmul on a large vocabulary."""
+        return F.cross_entropy(self.lm.get_output_embeddings()(answer_hidden).float(), targets)
+
+    def answer_padded(self, answers: list[torch.Tensor]) -> torch.Tensor:
+        """Answer ids [R, W] right-padded with the pad id; W rounded to a fine bucket (answers are short)."""
         device = self._type_ids.device
-        # Answers are short: a finer bucket keeps their padding small with few shapes.
         width = round_up(max(a.shape[0] for a in answers), min(self.pad_to_multiple, 16))
         ids = torch.full((len(answers), width), self.backbone.pad_id, dtype=torch.long, device=device)
         for i, a in enumerate(answers):
             ids[i, :a.shape[0]] = a.to(device)
+        return ids
+
+    def embedding_ntp(self, embedding: torch.Tensor, answers: list[torch.Tensor]) -> torch.Tensor:
+        """NTP of each row's answer decoded from its embedding alone (`loss.ntp_input: embedding`).
+
+        Row r is `bridge(embedding_r) a_0 .. a_{W-2}`; position t predicts a_t. The decoder sees
+        neither the prefix nor the query, so the loss falls only as the embedding comes to hold
+        what the answer to its question says.
+        """
+        if self.answer_bridge is None:
+            raise ValueError("this model decodes answers from the sequence (loss.ntp_input: sequence)")
+        ids = self.answer_padded(answers)
+        targets = torch.where(torch.arange(ids.shape[1], device=ids.device)
+                              < torch.tensor([a.shape[0] for a in answers], device=ids.device).unsqueeze(1), ids, -100)
+        start = self.answer_bridge(embedding.to(self.answer_bridge.weight.dtype)).unsqueeze(1)
+        tokens = self._token_embeddings(ids[:, :-1])
+        hidden = self.decoder(inputs_embeds=torch.cat([start.to(tokens.dtype), tokens], dim=1),
+                              use_cache=False).last_hidden_state
+        valid = targets != -100
+        return self._answer_loss(hidden[valid], targets[valid])
+
+    def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
+        """Semantic tower: the same backbone on the answer alone, last-token pooling, same projection."""
+        device = self._type_ids.device
+        ids = self.answer_padded(answers)
         # Right padding under causal attention needs no mask (see PackedSequences).
         hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
         last = torch.tensor([a.shape[0] - 1 for a in answers], device=device)
@@ -408,8 +440,12 @@ class QAnchorModel(nn.Module):
     def forward(self, users: dict[str, ModalityBatch], text_table: torch.Tensor, suffixes: list[torch.Tensor],
                 answers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One pretraining pass: anchor embeddings, answer embeddings, NTP loss, tokens processed."""
-        packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, answers)
+        from_embedding = self.answer_bridge is not None
+        packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, None if from_embedding else answers)
         anchor, ntp = self.anchor_forward(packed)
+        if from_embedding:
+            ntp = self.embedding_ntp(anchor, answers)
         answer = self.semantic_forward(answers)
-        tokens = packed.attention_mask.sum() + sum(a.numel() for a in answers)
+        answer_tokens = sum(a.numel() for a in answers)
+        tokens = packed.attention_mask.sum() + answer_tokens * (2 if from_embedding else 1)
         return anchor, answer, ntp, tokens
