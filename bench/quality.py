@@ -90,7 +90,8 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
-            "wide", "ntp_embedding", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+            "wide", "ntp_embedding", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining",
+            "data_25", "data_50")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
 MODEL_PARTS = {"no_history", "history_slots", "readout", "wide", "no_summary_tokens"}
 
