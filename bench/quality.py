@@ -155,6 +155,22 @@ def unknown_variants(variants: list[str]) -> list[str]:
                        and not set(variant_parts(v)) - {"no_pretraining"} <= MODEL_PARTS)})
 
 
+def with_paraphrases(population: EvaluationPopulation, overrides: list[str]) -> EvaluationPopulation:
+    """The population with `TASK=QUERY` overrides of its tasks' paraphrases. Why: whether a task's
+    facts are in the embedding at all, under the question pretraining taught them with, is a
+    different question from whether the task's own wording reaches them."""
+    if not overrides:
+        return population
+    queries = dict(o.split("=", 1) for o in overrides if "=" in o and o.split("=", 1)[1].strip())
+    if len(queries) != len(overrides):
+        raise ValueError(f"--paraphrase takes TASK=QUERY with a non-empty query, got {overrides}")
+    unknown = sorted(set(queries) - set(population.tasks.names))
+    if unknown:
+        raise ValueError(f"--paraphrase names tasks {unknown} the population does not have")
+    tasks = [t.model_copy(update={"paraphrase": queries.get(t.name, t.paraphrase)}) for t in population.tasks.tasks]
+    return replace(population, tasks=population.tasks.model_copy(update={"tasks": tasks}))
+
+
 def variant_spec(spec: ModalitySpec, variant: str) -> ModalitySpec:
     """The spec a variant's model reads: `legacy` the store's own; the others the packaged default's
     shorter event sequences (the model keeps the last events of each longer stored sequence)."""
@@ -323,6 +339,9 @@ def main() -> None:
     parser.add_argument("--no-prefix-probe", action="store_true", help="Skip the qanchor_prefix row (its probe is slow on a busy CPU).")
     parser.add_argument("--no-text-baseline", action="store_true",
                         help="Skip the MiniLM row (about an hour per 5,000 users on 2 CPU cores).")
+    parser.add_argument("--paraphrase", action="append", default=[], metavar="TASK=QUERY",
+                        help="Score TASK's qanchor_paraphrase row with QUERY, for every variant (repeatable): "
+                             "e.g. the pretraining question whose answers state the facts the task needs.")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
@@ -371,6 +390,10 @@ def main() -> None:
             print(f"wrote {args.export_bundle}: {pool} pretraining examples, {len(population.users)} evaluation users")
             return
     population, pool, dataset = bundle.population, len(bundle.train), Path(bundle.dataset)
+    try:
+        population = with_paraphrases(population, args.paraphrase)
+    except ValueError as err:
+        parser.error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
 
@@ -399,7 +422,8 @@ def main() -> None:
         models[variant] = model
         settings = EvaluationSettings(baselines=bundle.baseline_scores is not None,
                                       prompt_tuning=args.tune == "all" or (args.tune == "default" and variant in ("full", "no_pretraining")),
-                                      paraphrases=variant == "full", prefix_probe=not args.no_prefix_probe,
+                                      paraphrases=variant == "full" or bool(args.paraphrase),
+                                      prefix_probe=not args.no_prefix_probe,
                                       tune_steps=args.tune_steps, resamples=args.resamples)
         result = evaluate(model, population, settings, baseline_scores=bundle.baseline_scores)
         write_report(result, args.out / variant, {"variant": variant, "steps": args.steps}, plots=variant == "full")
