@@ -17,6 +17,7 @@ comparable within one run:
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
   ntp_embedding        full with the NTP answer decoded from the embedding alone (loss.ntp_input embedding)
   paper_lr             full at the reference code's AdamW learning rate, 1e-4 for every parameter group
+  slow_encoders        full with the user encoder at lr 1e-5 (near its random init) while the rest trains
   no_contrastive       NTP only (contrastive weight 0)
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
@@ -91,7 +92,7 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
-            "wide", "ntp_embedding", "paper_lr", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining",
+            "wide", "ntp_embedding", "paper_lr", "slow_encoders", "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining",
             "data_25", "data_50")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
 MODEL_PARTS = {"no_history", "history_slots", "readout", "wide", "no_summary_tokens"}
@@ -130,6 +131,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["loss"]["ntp_input"] = "embedding"
         elif part == "paper_lr":
             cfg["optim"].update(lr=1e-4, backbone_lr=1e-4)
+        elif part == "slow_encoders":
+            cfg["optim"]["encoder_lr"] = 1e-5
         elif part == "no_contrastive":
             cfg["model"]["loss"]["contrastive_weight"] = 0.0
         elif part == "no_ntp":

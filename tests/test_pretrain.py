@@ -184,6 +184,19 @@ def test_answers_decoded_from_the_embedding_pretrain_through_the_same_path(tmp_p
     assert QAnchor.from_pretrained(cfg.output_dir / "final").network.answer_bridge is not None
 
 
+def test_encoder_lr_trains_the_user_encoder_at_its_own_rate(tmp_path, dataset, sqlite_store, spec):
+    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "optim.encoder_lr": 1e-9,
+                                                           "tracking.register_model": False})
+    pretrain(cfg, progress=False)
+    start = QAnchor.build(spec, cfg.model, seed=cfg.seed).network.state_dict()
+    end = QAnchor.from_pretrained(cfg.output_dir / "final").network.state_dict()
+
+    def moved(prefix: str) -> float:
+        return max((end[k] - start[k]).abs().max().item() for k in start if k.startswith(prefix))
+
+    assert moved("user_encoder.") < 1e-6 < 1e-4 < moved("projection.")
+
+
 def _registered_versions(uri: str) -> int:
     return len(MlflowClient(uri).search_model_versions("name='qanchor-backbone'"))
 

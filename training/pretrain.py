@@ -74,6 +74,10 @@ class OptimSettings(_Config):
     batch_size: int = Field(default=32, ge=2)
     lr: float = Field(default=1e-3, gt=0.0)
     backbone_lr: float = Field(default=3e-4, gt=0.0)
+    #: Learning rate of the hierarchical user encoder (event MLPs, adapters, history pooling);
+    #: None = `lr`. A small value keeps the encoders near their initialisation, whose random
+    #: features of the frozen text embeddings a probe reads well, while the decoder learns to use them.
+    encoder_lr: float | None = Field(default=None, gt=0.0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     warmup_steps: int = Field(default=20, ge=0)
     grad_clip: float = Field(default=1.0, gt=0.0)
@@ -132,11 +136,17 @@ def _lr_lambda(warmup: int, total: int):
 
 
 def _optimizer(model: QAnchor, cfg: OptimSettings, fused: bool) -> torch.optim.Optimizer:
-    backbone, rest = [], []
+    """AdamW over [rest, backbone] (+ [user encoder] with its own `encoder_lr`): without
+    `encoder_lr` the groups are the two they always were, so older checkpoints still resume."""
+    backbone, encoder, rest = [], [], []
+    split_encoder = cfg.encoder_lr is not None
     for name, p in model.network.named_parameters():
         if p.requires_grad:
-            (backbone if name.startswith("lm.") else rest).append(p)
+            group = backbone if name.startswith("lm.") else encoder if split_encoder and name.startswith("user_encoder.") else rest
+            group.append(p)
     groups = [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.backbone_lr}]
+    if split_encoder:
+        groups.append({"params": encoder, "lr": cfg.encoder_lr})
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=fused)
 
 
