@@ -400,7 +400,7 @@ class QAnchorModel(nn.Module):
         the costliest matmul on a large vocabulary."""
         return F.cross_entropy(self.lm.get_output_embeddings()(answer_hidden).float(), targets)
 
-    def answer_padded(self, answers: list[torch.Tensor]) -> torch.Tensor:
+    def _padded_answers(self, answers: list[torch.Tensor]) -> torch.Tensor:
         """Answer ids [R, W] right-padded with the pad id; W rounded to a fine bucket (answers are short)."""
         device = self._type_ids.device
         width = round_up(max(a.shape[0] for a in answers), min(self.pad_to_multiple, 16))
@@ -418,7 +418,7 @@ class QAnchorModel(nn.Module):
         """
         if self.answer_bridge is None:
             raise ValueError("this model decodes answers from the sequence (loss.ntp_input: sequence)")
-        ids = self.answer_padded(answers)
+        ids = self._padded_answers(answers)
         targets = torch.where(torch.arange(ids.shape[1], device=ids.device)
                               < torch.tensor([a.shape[0] for a in answers], device=ids.device).unsqueeze(1), ids, -100)
         start = self.answer_bridge(embedding.to(self.answer_bridge.weight.dtype)).unsqueeze(1)
@@ -431,7 +431,7 @@ class QAnchorModel(nn.Module):
     def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
         """Semantic tower: the same backbone on the answer alone, last-token pooling, same projection."""
         device = self._type_ids.device
-        ids = self.answer_padded(answers)
+        ids = self._padded_answers(answers)
         # Right padding under causal attention needs no mask (see PackedSequences).
         hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
         last = torch.tensor([a.shape[0] - 1 for a in answers], device=device)
