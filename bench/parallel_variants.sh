@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Several bench/quality.py variants as parallel processes on one GPU, from one bundle: at the tiny
+# backbone's size a single run leaves most of an H100/H200 idle, so three or four share it.
+#
+#   OUT=out bench/parallel_variants.sh NAME:SEED:VARIANT[:STEPS] ...
+#
+# env: BUNDLE (default .devbundle/q30), CONFIG (training/configs/quality_tiny_gpu.yaml), STEPS (1500),
+# LIMIT (seconds per process, 540), THREADS (CPU threads per process, 5), EXTRA (more quality.py
+# flags), PARA (a file of TASK=QUERY lines, each passed as --paraphrase).
+# Leaves OUT/NAME.json (the table) and OUT/NAME/test_scores.pkl (for --compare) per run, so at
+# most eight files for four runs, and prints the tail of each run's log.
+set -u
+: "${OUT:?set OUT to the folder the results go to}"
+BUNDLE=${BUNDLE:-.devbundle/q30}; CONFIG=${CONFIG:-training/configs/quality_tiny_gpu.yaml}
+STEPS=${STEPS:-1500}; LIMIT=${LIMIT:-540}; THREADS=${THREADS:-5}; EXTRA=${EXTRA:-}
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+work=$(mktemp -d)
+para=()
+if [ -n "${PARA:-}" ]; then
+  while IFS= read -r line; do [ -n "$line" ] && para+=(--paraphrase "$line"); done < "$PARA"
+fi
+pids=()
+for spec in "$@"; do
+  IFS=: read -r name seed variant steps <<<"$spec"
+  # shellcheck disable=SC2086  # EXTRA holds several flags
+  timeout "$LIMIT" "$PYTHON" bench/quality.py --bundle "$BUNDLE" --config "$CONFIG" --seed "$seed" \
+    --steps "${steps:-$STEPS}" --sweep '' --tune none $EXTRA "${para[@]}" --variants "$variant" \
+    --out "$work/$name" --results-name "$name" > "$work/$name.log" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+for spec in "$@"; do
+  IFS=: read -r name seed variant steps <<<"$spec"
+  mkdir -p "$OUT/$name"
+  cp "bench/results/$name.json" "$OUT/$name.json" 2>/dev/null
+  cp "$work/$name/$variant/test_scores.pkl" "$OUT/$name/test_scores.pkl" 2>/dev/null
+  echo "== $name ($variant, seed $seed)"
+  tail -n 12 "$work/$name.log" | cut -c1-150 | grep -v "it/s\]"
+done
