@@ -168,9 +168,14 @@ def with_paraphrases(population: EvaluationPopulation, overrides: list[str]) -> 
     different question from whether the task's own wording reaches them."""
     if not overrides:
         return population
-    queries = dict(o.split("=", 1) for o in overrides if "=" in o and o.split("=", 1)[1].strip())
-    if len(queries) != len(overrides):
-        raise ValueError(f"--paraphrase takes TASK=QUERY with a non-empty query, got {overrides}")
+    queries: dict[str, str] = {}
+    for override in overrides:
+        task, _, query = override.partition("=")
+        if not query.strip():
+            raise ValueError(f"--paraphrase takes TASK=QUERY with a non-empty query, got {override!r}")
+        if task in queries:
+            raise ValueError(f"--paraphrase names task {task!r} twice")
+        queries[task] = query
     unknown = sorted(set(queries) - set(population.tasks.names))
     if unknown:
         raise ValueError(f"--paraphrase names tasks {unknown} the population does not have")

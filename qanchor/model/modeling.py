@@ -402,12 +402,9 @@ class QAnchorModel(nn.Module):
 
     def _padded_answers(self, answers: list[torch.Tensor]) -> torch.Tensor:
         """Answer ids [R, W] right-padded with the pad id; W rounded to a fine bucket (answers are short)."""
-        device = self._type_ids.device
-        width = round_up(max(a.shape[0] for a in answers), min(self.pad_to_multiple, 16))
-        ids = torch.full((len(answers), width), self.backbone.pad_id, dtype=torch.long, device=device)
-        for i, a in enumerate(answers):
-            ids[i, :a.shape[0]] = a.to(device)
-        return ids
+        ids = torch.nn.utils.rnn.pad_sequence(answers, batch_first=True, padding_value=self.backbone.pad_id)
+        width = round_up(ids.shape[1], min(self.pad_to_multiple, 16))
+        return F.pad(ids, (0, width - ids.shape[1]), value=self.backbone.pad_id).to(self._type_ids.device)
 
     def embedding_ntp(self, embedding: torch.Tensor, answers: list[torch.Tensor]) -> torch.Tensor:
         """NTP of each row's answer decoded from its embedding alone (`loss.ntp_input: embedding`).
@@ -419,14 +416,13 @@ class QAnchorModel(nn.Module):
         if self.answer_bridge is None:
             raise ValueError("this model decodes answers from the sequence (loss.ntp_input: sequence)")
         ids = self._padded_answers(answers)
-        targets = torch.where(torch.arange(ids.shape[1], device=ids.device)
-                              < torch.tensor([a.shape[0] for a in answers], device=ids.device).unsqueeze(1), ids, -100)
+        lengths = torch.tensor([a.shape[0] for a in answers], device=ids.device)
+        valid = torch.arange(ids.shape[1], device=ids.device) < lengths.unsqueeze(1)
         start = self.answer_bridge(embedding.to(self.answer_bridge.weight.dtype)).unsqueeze(1)
         tokens = self._token_embeddings(ids[:, :-1])
         hidden = self.decoder(inputs_embeds=torch.cat([start.to(tokens.dtype), tokens], dim=1),
                               use_cache=False).last_hidden_state
-        valid = targets != -100
-        return self._answer_loss(hidden[valid], targets[valid])
+        return self._answer_loss(hidden[valid], ids[valid])
 
     def semantic_forward(self, answers: list[torch.Tensor]) -> torch.Tensor:
         """Semantic tower: the same backbone on the answer alone, last-token pooling, same projection."""
