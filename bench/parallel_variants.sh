@@ -7,6 +7,10 @@
 # env: BUNDLE (default .devbundle/q30), CONFIG (training/configs/quality_tiny_gpu.yaml), STEPS (1500),
 # LIMIT (seconds per process, 540), THREADS (CPU threads per process, 5), EXTRA (more quality.py
 # flags), PARA (a file of TASK=QUERY lines, each passed as --paraphrase).
+# WORK (default /tmp/qanchor-variants) keeps each run's trained model, and runs pass --reuse-trained:
+# a call cut during evaluation, repeated on the same warm device machine, only evaluates. (On the
+# device tool /tmp outlives a call; the repo copy does not: a path carried once is gone from it in
+# the next call unless carried again, so stage multi-call uploads such as a split GGUF in /tmp.)
 # Leaves OUT/NAME.json (the table) and OUT/NAME/test_scores.pkl (for --compare) per run, so at
 # most eight files for four runs, and prints the tail of each run's log.
 set -u
@@ -15,7 +19,8 @@ BUNDLE=${BUNDLE:-.devbundle/q30}; CONFIG=${CONFIG:-training/configs/quality_tiny
 STEPS=${STEPS:-1500}; LIMIT=${LIMIT:-540}; THREADS=${THREADS:-5}; EXTRA=${EXTRA:-}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-work=$(mktemp -d)
+work=${WORK:-/tmp/qanchor-variants}
+mkdir -p "$work"
 para=()
 if [ -n "${PARA:-}" ]; then
   while IFS= read -r line; do [ -n "$line" ] && para+=(--paraphrase "$line"); done < "$PARA"
@@ -23,9 +28,10 @@ fi
 pids=()
 for spec in "$@"; do
   IFS=: read -r name seed variant steps <<<"$spec"
+  rm -f "bench/results/$name.json" "$work/$name/$variant/test_scores.pkl"  # never report an earlier call's result
   # shellcheck disable=SC2086  # EXTRA holds several flags
   timeout "$LIMIT" "$PYTHON" bench/quality.py --bundle "$BUNDLE" --config "$CONFIG" --seed "$seed" \
-    --steps "${steps:-$STEPS}" --sweep '' --tune none $EXTRA "${para[@]}" --variants "$variant" \
+    --steps "${steps:-$STEPS}" --sweep '' --tune none --reuse-trained $EXTRA "${para[@]}" --variants "$variant" \
     --out "$work/$name" --results-name "$name" > "$work/$name.log" 2>&1 &
   pids+=($!)
 done

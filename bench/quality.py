@@ -54,6 +54,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
+import json
 import pickle
 import sys
 import time
@@ -250,16 +252,45 @@ def load_bundle(folder: Path) -> tuple[Bundle, TextEmbeddingCache]:
     return bundle, TextEmbeddingCache.load(folder / "text_cache.npz", device=device)
 
 
-def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle, cache: TextEmbeddingCache) -> QAnchor:
-    """`pretrain` without Feast or MLflow: same seeds, same loop, the pool's leading share for data_*."""
+TRAINED_RECORD = "bench_trained_with.json"
+
+
+def bundle_fingerprint(folder: Path) -> str:
+    """SHA-256 of the bundle file: a model trained on another bundle of the same dataset path is
+    not the same model."""
+    digest = hashlib.sha256()
+    with (folder / "bundle.pkl.gz").open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle, cache: TextEmbeddingCache,
+                         reuse_from: str | None = None) -> QAnchor:
+    """`pretrain` without Feast or MLflow: same seeds, same loop, the pool's leading share for data_*.
+
+    The saved model carries a record of the config and bundle it was trained with, written after
+    the weights, so a half-written folder never counts. With `reuse_from` (the bundle's
+    fingerprint) a folder whose record matches is loaded instead of trained: a device call cut
+    during evaluation re-runs only the evaluation on the same machine."""
     d = init_distributed()
+    folder = Path(cfg.output_dir) / "final"
+    record = {"config": cfg.model_dump(mode="json"), "bundle_sha256": reuse_from}
+    if reuse_from is not None and (folder / TRAINED_RECORD).is_file():
+        if json.loads((folder / TRAINED_RECORD).read_text()) == record:
+            print(f"  reusing {folder} (trained with this config and bundle)", flush=True)
+            loaded = QAnchor.from_pretrained(folder, device=d.device)
+            loaded.cache = cache
+            return loaded
+        print(f"  {folder} was trained with another config or bundle: training again", flush=True)
     seed_everything(cfg.seed)
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
     accuracy = fit(model, InMemoryExamples(train), bundle.val, cfg, d)
     print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / retrieval_batch_size(cfg, len(bundle.val)):.3f})", flush=True)
-    folder = model.save_pretrained(Path(cfg.output_dir) / "final")
+    folder = model.save_pretrained(folder)
+    (folder / TRAINED_RECORD).write_text(json.dumps(record))
     loaded = QAnchor.from_pretrained(folder, device=d.device)
     loaded.cache = cache
     return loaded
@@ -355,6 +386,9 @@ def main() -> None:
                         help="Score TASK's qanchor_paraphrase row with QUERY, for every variant (repeatable): "
                              "e.g. the pretraining question whose answers state the facts the task needs.")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
+    parser.add_argument("--reuse-trained", action="store_true",
+                        help="With --bundle: evaluate OUT/runs/<variant>/final instead of pretraining when it was "
+                             "trained with this very config and bundle (re-run a call cut during evaluation).")
     parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
                         help="Train nothing: pair saved variants (OUT/<variant> folders, e.g. trained in parallel "
@@ -369,6 +403,8 @@ def main() -> None:
         return
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")
+    if args.reuse_trained and args.bundle is None:
+        parser.error("--reuse-trained needs --bundle: only a bundle names the data a saved model was trained on")
     if args.bundle is not None and args.export_bundle is not None:
         parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
@@ -379,6 +415,7 @@ def main() -> None:
     base = load_config(args.config)
     if args.seed is not None:
         base = base.model_copy(update={"seed": args.seed})
+    fingerprint = bundle_fingerprint(args.bundle) if args.reuse_trained else None
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
     else:
@@ -430,7 +467,7 @@ def main() -> None:
             model.cache = cache
             model.network.to(device)
         else:
-            model = pretrain_from_bundle(cfg, spec, bundle, cache)
+            model = pretrain_from_bundle(cfg, spec, bundle, cache, reuse_from=fingerprint)
         models[variant] = model
         settings = EvaluationSettings(baselines=bundle.baseline_scores is not None,
                                       prompt_tuning=args.tune == "all" or (args.tune == "default" and variant in ("full", "no_pretraining")),
