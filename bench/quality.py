@@ -279,10 +279,10 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     if reuse_from is not None and (folder / TRAINED_RECORD).is_file():
         if json.loads((folder / TRAINED_RECORD).read_text()) == record:
             print(f"  reusing {folder} (trained with this config and bundle)", flush=True)
-            loaded = QAnchor.from_pretrained(folder, device=d.device)
-            loaded.cache = cache
-            return loaded
+            return load_trained(folder, cache, d.device)
         print(f"  {folder} was trained with another config or bundle: training again", flush=True)
+    # An old record must not vouch for weights this run is about to overwrite.
+    (folder / TRAINED_RECORD).unlink(missing_ok=True)
     seed_everything(cfg.seed)
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)
     model.cache = cache
@@ -291,9 +291,14 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / retrieval_batch_size(cfg, len(bundle.val)):.3f})", flush=True)
     folder = model.save_pretrained(folder)
     (folder / TRAINED_RECORD).write_text(json.dumps(record))
-    loaded = QAnchor.from_pretrained(folder, device=d.device)
-    loaded.cache = cache
-    return loaded
+    return load_trained(folder, cache, d.device)
+
+
+def load_trained(folder: Path, cache: TextEmbeddingCache, device: torch.device) -> QAnchor:
+    """A saved variant, reading event texts through the bundle's embedding cache."""
+    model = QAnchor.from_pretrained(folder, device=device)
+    model.cache = cache
+    return model
 
 
 @dataclass
@@ -491,8 +496,7 @@ def main() -> None:
                                       tune_steps=args.tune_steps, resamples=args.resamples)
         full = models.get("full")
         if full is None:
-            full = QAnchor.from_pretrained(args.out / "runs" / "full" / "final", device=device)
-            full.cache = cache
+            full = load_trained(args.out / "runs" / "full" / "final", cache, device)
         result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
