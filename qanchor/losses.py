@@ -13,7 +13,8 @@ answering "no"). A candidate of the SAME user with a different answer is a true 
 whatever its score: the similarity rule would drop exactly those (one user's anchors under two
 queries are close), which is what lets an embedding ignore the query, so they are kept.
 
-`uniformity_loss` is an optional third term that spreads the anchors over the sphere.
+`uniformity_loss` is an optional third term that spreads the anchors over the sphere, and
+`answer_number_loss` one that makes the anchor state its answer's numbers.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     if embeddings.shape[0] < 2:
         return embeddings.sum() * 0.0
     return torch.pdist(embeddings, p=2).pow(2).mul(-t).exp().mean().log()
+
+
+def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the answer numbers present (`qanchor.answer_numbers`): predicted and
+    values [B, S], present [B, S] bool. A batch whose answers state no number gives 0 (with a graph)."""
+    if not present.any():
+        return predicted.sum() * 0.0
+    return (predicted.float() - values)[present].pow(2).mean()
 
 
 def retrieval_accuracy(anchor: torch.Tensor, answer: torch.Tensor) -> float:

@@ -184,6 +184,16 @@ def test_answers_decoded_from_the_embedding_pretrain_through_the_same_path(tmp_p
     assert QAnchor.from_pretrained(cfg.output_dir / "final").network.answer_bridge is not None
 
 
+def test_the_answer_number_head_trains_logs_its_loss_and_saves_with_the_model(tmp_path, dataset, sqlite_store):
+    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "model.loss.number_weight": 1.0,
+                                                           "model.loss.number_slots": 3, "tracking.register_model": False})
+    summary = pretrain(cfg, progress=False)
+    metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
+    assert 0 < metrics["numbers"] < 100
+    head = QAnchor.from_pretrained(cfg.output_dir / "final").network.number_head
+    assert head is not None and head.out_features == 3
+
+
 def test_encoder_lr_trains_the_user_encoder_at_its_own_rate(tmp_path, dataset, sqlite_store, spec):
     cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "optim.encoder_lr": 1e-9,
                                                            "tracking.register_model": False})

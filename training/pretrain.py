@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from qanchor.user_files import read_yaml_model
-from qanchor.losses import contrastive_loss, retrieval_accuracy, uniformity_loss
+from qanchor.answer_numbers import answer_numbers
+from qanchor.losses import answer_number_loss, contrastive_loss, retrieval_accuracy, uniformity_loss
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
 from training.data import Example, build_examples, example_order, example_rows
@@ -169,8 +170,9 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
     net = model.network
     users = collate_users([e.features for e in batch], [e.reference_time for e in batch], net.spec, model.cache)
     users = {k: v.to(d.device) for k, v in users.items()}
-    anchor, answer, ntp, tokens = network(users, model.cache.table(d.device),
-                                          net.suffix_ids([e.query for e in batch]), net.answer_ids([e.answer for e in batch]))
+    texts = [e.answer for e in batch]
+    anchor, answer, ntp, tokens, numbers = network(users, model.cache.table(d.device),
+                                                   net.suffix_ids([e.query for e in batch]), net.answer_ids(texts))
     anchor_all, offset = gather_with_grad(anchor, d)
     answer_all, _ = gather_with_grad(answer, d)
     users_local, answers_local = row_keys(batch, d.device)
@@ -184,6 +186,11 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
     if loss_cfg.uniformity_weight > 0:
         losses["uniformity"] = uniformity_loss(anchor_all)
         total = total + loss_cfg.uniformity_weight * losses["uniformity"]
+    if numbers is not None:
+        values, present = answer_numbers(texts, loss_cfg.number_slots)
+        losses["numbers"] = answer_number_loss(numbers, torch.from_numpy(values).to(d.device),
+                                               torch.from_numpy(present).to(d.device))
+        total = total + loss_cfg.number_weight * losses["numbers"]
     return {"loss": total, "contrastive": contrastive, "ntp": ntp, **losses, "tokens": tokens.float(),
             "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
 

@@ -25,6 +25,7 @@ the same tokens at the same positions whatever else is in the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -242,6 +243,14 @@ class PackedSequences:
     answer_ids: torch.Tensor | None = None  # [R, A] (pad -100)
 
 
+class PretrainPass(NamedTuple):
+    anchor: torch.Tensor            # [R, D] L2-normalised anchor embeddings
+    answer: torch.Tensor            # [R, D] the semantic tower's answer embeddings
+    ntp: torch.Tensor               # mean NTP loss of the answers
+    tokens: torch.Tensor            # tokens processed
+    numbers: torch.Tensor | None    # [R, number_slots] the answers' numbers read from the anchors (`number_head`)
+
+
 def round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
@@ -263,6 +272,9 @@ class QAnchorModel(nn.Module):
         self.readout = SummaryReadout(hidden) if settings.summary_readout else None
         #: Embedding -> one input token the answer is decoded from (`loss.ntp_input: embedding`).
         self.answer_bridge = nn.Linear(settings.embed_dim, hidden) if settings.loss.ntp_input == "embedding" else None
+        #: Embedding -> the answer's first numbers (`loss.number_weight`); only pretraining reads it.
+        loss = settings.loss
+        self.number_head = nn.Linear(settings.embed_dim, loss.number_slots) if loss.number_weight > 0 else None
         #: Packed widths are rounded up to this; `compile_decoder` raises it so shapes repeat.
         self.pad_to_multiple = 1
         ids = backbone.token_ids
@@ -434,8 +446,8 @@ class QAnchorModel(nn.Module):
         return self.project(hidden[torch.arange(len(answers), device=device), last])
 
     def forward(self, users: dict[str, ModalityBatch], text_table: torch.Tensor, suffixes: list[torch.Tensor],
-                answers: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pretraining pass: anchor embeddings, answer embeddings, NTP loss, tokens processed."""
+                answers: list[torch.Tensor]) -> PretrainPass:
+        """One pretraining pass (inside `forward`, so DDP syncs every head it uses)."""
         from_embedding = self.answer_bridge is not None
         packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, None if from_embedding else answers)
         anchor, ntp = self.anchor_forward(packed)
@@ -444,4 +456,5 @@ class QAnchorModel(nn.Module):
         answer = self.semantic_forward(answers)
         answer_tokens = sum(a.numel() for a in answers)
         tokens = packed.attention_mask.sum() + answer_tokens * (2 if from_embedding else 1)
-        return anchor, answer, ntp, tokens
+        numbers = None if self.number_head is None else self.number_head(anchor)
+        return PretrainPass(anchor, answer, ntp, tokens, numbers)
