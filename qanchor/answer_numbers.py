@@ -3,8 +3,8 @@
 Why: the facts that decide the habit tasks are numbers in the answer text ("37 days ago; 3 refill
 purchases ..."). The contrastive loss can match such an answer by recognising the user from other
 cues, and NTP lets a small LM copy the digits from the prefix, so neither needs the embedding to
-hold the number. A linear head that reads the answer's first `slots` numbers back from the
-L2-normalised embedding does: and since one head serves every question, the same directions must
+hold the number. A linear head whose reading of the embedding must correlate with the answer's
+first `slots` numbers across a batch does: and since one head serves every question, the same directions must
 hold the spend under a spending question and the recency under a recency question, so the query
 has to decide what the vector says.
 

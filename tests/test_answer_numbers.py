@@ -31,18 +31,26 @@ def test_slots_must_be_positive():
         answer_numbers(["3 days"], slots=0)
 
 
-def test_the_loss_counts_only_the_numbers_an_answer_states():
-    predicted = torch.tensor([[1.0, 5.0], [2.0, 100.0]], requires_grad=True)
-    values = torch.tensor([[1.0, 3.0], [0.0, 0.0]])
-    present = torch.tensor([[True, True], [True, False]])
-    loss = answer_number_loss(predicted, values, present)
-    assert loss.item() == pytest.approx((0 + 4 + 4) / 3)
-    loss.backward()
+def test_the_loss_rewards_predictions_that_move_with_the_numbers_whatever_their_scale():
+    """The head need not reach the numbers' offset or scale, only vary with them."""
+    values = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    present = torch.ones(4, 1, dtype=torch.bool)
+    assert answer_number_loss(100 + 0.01 * values, values, present).item() == pytest.approx(0.0, abs=1e-5)
+    assert answer_number_loss(-values, values, present).item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_numbers_an_answer_does_not_state_are_left_out():
+    predicted = torch.tensor([[1.0, 0.0], [2.0, 9.0], [3.0, 0.0], [4.0, 0.0]], requires_grad=True)
+    values = torch.tensor([[1.0, 1.0], [2.0, 0.0], [3.0, 2.0], [4.0, 3.0]])
+    present = torch.tensor([[True, True], [True, False], [True, True], [True, True]])
+    # Slot 1 without row 1: predictions (0, 0, 0) carry no correlation with (1, 2, 3).
+    assert answer_number_loss(predicted, values, present).item() == pytest.approx((0 + 1) / 2, abs=1e-5)
+    answer_number_loss(predicted, values, present).backward()
     assert predicted.grad[1, 1] == 0
 
 
-def test_a_batch_without_numbers_gives_zero_loss_that_still_backpropagates():
+def test_a_batch_without_enough_numbers_gives_zero_loss_that_still_backpropagates():
     predicted = torch.ones(2, 3, requires_grad=True)
-    loss = answer_number_loss(predicted, torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.bool))
+    loss = answer_number_loss(predicted, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool))
     loss.backward()
     assert loss.item() == 0 and predicted.grad is not None

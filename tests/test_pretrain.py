@@ -189,7 +189,7 @@ def test_the_answer_number_head_trains_logs_its_loss_and_saves_with_the_model(tm
                                                            "model.loss.number_slots": 3, "tracking.register_model": False})
     summary = pretrain(cfg, progress=False)
     metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
-    assert 0 < metrics["numbers"] < 100
+    assert 0 < metrics["numbers"] <= 2
     head = QAnchor.from_pretrained(cfg.output_dir / "final").network.number_head
     assert head is not None and head.out_features == 3
 
