@@ -79,28 +79,43 @@ def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.pdist(embeddings, p=2).pow(2).mul(-t).exp().mean().log()
 
 
-def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+def _centred(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """x [N] minus the mean of its group (`groups` [N] integer ids)."""
+    _, index = torch.unique(groups, return_inverse=True)
+    sums = torch.zeros(int(index.max()) + 1, dtype=x.dtype, device=x.device).index_add(0, index, x)
+    counts = torch.zeros_like(sums).index_add(0, index, torch.ones_like(x))
+    return x - (sums / counts)[index]
+
+
+def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: torch.Tensor,
+                       questions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over number slots of 1 - Pearson correlation, within the batch, between the head's
     predictions and the answers' numbers (`qanchor.answer_numbers`); predicted / values [B, S],
-    present [B, S] bool. A slot with fewer than 3 numbers, or all equal, is left out; a batch
-    without one such slot gives 0 (with a graph).
+    present [B, S] bool. With `questions` ([B] integer ids of each row's question) both sides are
+    centred within each question first, so only how users differ under one question counts. A
+    slot with fewer than 3 numbers, or nothing left to correlate, is left out; a batch without one
+    such slot gives 0 (with a graph).
 
     Why a correlation and not a squared error: it asks only that the embedding vary with the
     numbers, not that a head reach their scale and offset. At the reference code's learning rate
     (1e-4) a head bias needs tens of thousands of steps to reach a log1p mean of ~3, and until then
     a squared error pushes every user's embedding along one direction, crowding them together.
+    Why centre per question: a slot holds a spend under one question and a count under another,
+    so across a mixed batch most of its variance is which question was asked, which the query
+    token alone explains; without centring the head is satisfied without reading the user.
     """
     total, slots = predicted.sum() * 0.0, 0
     for slot in range(values.shape[1]):
         rows = present[:, slot]
         if rows.sum() < 3:
             continue
-        target = values[rows, slot]
-        target = target - target.mean()
+        target, guess = values[rows, slot], predicted[rows, slot].float()
+        if questions is None:
+            target, guess = target - target.mean(), guess - guess.mean()
+        else:
+            target, guess = _centred(target, questions[rows]), _centred(guess, questions[rows])
         if target.norm() <= 1e-6:
             continue
-        guess = predicted[rows, slot].float()
-        guess = guess - guess.mean()
         total = total + 1 - (guess * target).sum() / (guess.norm() * target.norm()).clamp(min=1e-8)
         slots += 1
     return total / max(slots, 1)

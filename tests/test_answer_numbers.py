@@ -49,6 +49,19 @@ def test_numbers_an_answer_does_not_state_are_left_out():
     assert predicted.grad[1, 1] == 0
 
 
+def test_per_question_centring_ignores_what_the_question_alone_explains():
+    """Spend (~8) under one question, counts (~1) under another: a head that only tells the two
+    questions apart correlates with the mixed slot, but not with how users differ under each."""
+    values = torch.tensor([[8.0], [9.0], [8.5], [1.0], [2.0], [1.5]])
+    questions = torch.tensor([0, 0, 0, 1, 1, 1])
+    present = torch.ones(6, 1, dtype=torch.bool)
+    question_only = torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0], [0.0]])
+    assert answer_number_loss(question_only, values, present).item() < 0.1
+    assert answer_number_loss(question_only, values, present, questions).item() == pytest.approx(1.0, abs=1e-5)
+    users = values - torch.tensor([[8.5], [8.5], [8.5], [1.5], [1.5], [1.5]])
+    assert answer_number_loss(users, values, present, questions).item() == pytest.approx(0.0, abs=1e-5)
+
+
 def test_a_batch_without_enough_numbers_gives_zero_loss_that_still_backpropagates():
     predicted = torch.ones(2, 3, requires_grad=True)
     loss = answer_number_loss(predicted, torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool))
