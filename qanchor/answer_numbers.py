@@ -4,9 +4,10 @@ Why: the facts that decide the habit tasks are numbers in the answer text ("37 d
 purchases ..."). The contrastive loss can match such an answer by recognising the user from other
 cues, and NTP lets a small LM copy the digits from the prefix, so neither needs the embedding to
 hold the number. A linear head whose reading of the embedding must correlate with the answer's
-first `slots` numbers across a batch does: and since one head serves every question, the same directions must
-hold the spend under a spending question and the recency under a recency question, so the query
-has to decide what the vector says.
+first `slots` numbers, among the batch's users asked the same question, does
+(`qanchor.losses.answer_number_loss`). One head serves every question, so the same directions
+must hold the spend under a spending question and the recency under a recency question: the
+query has to decide what the vector says.
 
 Numbers are read in order of appearance and squashed with log1p (a spend of 7,961 and a count of 3
 on one scale); an answer with fewer numbers masks the rest. No schema is needed, so answers
