@@ -397,7 +397,8 @@ def main() -> None:
     parser.add_argument("--reuse-trained", action="store_true",
                         help="With --bundle: evaluate OUT/runs/<variant>/final instead of pretraining when it was "
                              "trained with this very config and bundle (re-run a call cut during evaluation).")
-    parser.add_argument("--results-name", default="quality", help="bench/results/<name>.json")
+    parser.add_argument("--results-name", help="bench/results/<name>.json (default: quality, or quality_compare "
+                                                "with --compare, so a pairing never replaces a run's table)")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
                         help="Train nothing: pair saved variants (OUT/<variant> folders, e.g. trained in parallel "
                              "processes) with --full-scores, and write the difference table.")
@@ -407,7 +408,8 @@ def main() -> None:
         if args.full_scores is None:
             parser.error("--compare needs --full-scores OUT/full")
         rows = compare_saved(args.full_scores, args.compare, args.resamples)
-        emit(args.results_name, rows, {"full": str(args.full_scores), "compared": [str(c) for c in args.compare]})
+        emit(args.results_name or "quality_compare", rows,
+             {"full": str(args.full_scores), "compared": [str(c) for c in args.compare]})
         return
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")
@@ -504,7 +506,7 @@ def main() -> None:
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    emit(args.results_name, rows, {
+    emit(args.results_name or "quality", rows, {
         "dataset": str(dataset), "config": str(args.config), "device": device_name, "from_bundle": args.bundle is not None,
         "geometry": geometry,
         "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
