@@ -17,6 +17,8 @@ comparable within one run:
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
   ntp_embedding        full with the NTP answer decoded from the embedding alone (loss.ntp_input embedding)
   numbers              full plus a head reading the answer's numbers back from the embedding (loss.number_weight 1)
+  late_backbone        full with the backbone (or its LoRA adapters) at lr 0 for the first quarter of the steps
+                       while the encoders and projection train (optim.backbone_frozen_steps)
   high_lr              full at lr 1e-3 (backbone 5e-4), the GPU config's rate before the seventh run
                        (the shipped configs use the reference code's 1e-4 on the GPU)
   slow_encoders        full with the user encoder at lr 1e-5 (near its random init) while the rest trains
@@ -96,8 +98,8 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "grouped", "by_question", "uniform", "readout",
-            "wide", "ntp_embedding", "numbers", "high_lr", "slow_encoders", "no_contrastive", "no_ntp", "no_summary_tokens",
-            "no_pretraining", "data_25", "data_50")
+            "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
+            "no_summary_tokens", "no_pretraining", "data_25", "data_50")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
 MODEL_PARTS = {"no_history", "history_slots", "readout", "wide", "no_summary_tokens"}
 
@@ -135,6 +137,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["loss"]["ntp_input"] = "embedding"
         elif part == "numbers":
             cfg["model"]["loss"]["number_weight"] = 1.0
+        elif part == "late_backbone":
+            cfg["optim"]["backbone_frozen_steps"] = steps // 4
         elif part == "high_lr":
             cfg["optim"].update(lr=1e-3, backbone_lr=5e-4)
         elif part == "slow_encoders":

@@ -18,7 +18,9 @@ from mlflow import MlflowClient
 from conftest import AS_OF
 from qanchor.cli import cli
 from qanchor.model import QAnchor
-from training.pretrain import ConfigError, PretrainConfig, latest_checkpoint, load_config, pretrain
+from qanchor.model.config import ModelSettings
+from training.pretrain import (ConfigError, OptimSettings, PretrainConfig, build_optimizer, latest_checkpoint,
+                               load_config, lr_schedule, pretrain)
 from training.registry import load_model
 from training.tracking import TrackingError
 
@@ -205,6 +207,25 @@ def test_encoder_lr_trains_the_user_encoder_at_its_own_rate(tmp_path, dataset, s
         return max((end[k] - start[k]).abs().max().item() for k in start if k.startswith(prefix))
 
     assert moved("user_encoder.") < 1e-6 < 1e-4 < moved("projection.")
+
+
+def test_a_frozen_backbone_waits_at_lr_zero_then_warms_up_while_the_rest_trains_from_the_start(spec):
+    cfg = OptimSettings(steps=10, warmup_steps=2, lr=1e-3, backbone_lr=1e-4, backbone_frozen_steps=4)
+    optimizer = build_optimizer(QAnchor.build(spec, ModelSettings()), cfg, fused=False)
+    schedule = lr_schedule(optimizer, cfg)
+    rest, backbone = [], []
+    for _ in range(cfg.steps):
+        rest.append(optimizer.param_groups[0]["lr"])
+        backbone.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert backbone[:4] == [0.0] * 4 and all(lr > 0 for lr in rest)
+    assert backbone[4] == pytest.approx(0.5e-4) and backbone[5] == pytest.approx(1e-4) and rest[1] == pytest.approx(1e-3)
+
+
+def test_a_backbone_frozen_for_every_step_is_refused():
+    with pytest.raises(ValueError, match=r"backbone_frozen_steps \(300\) must be below steps \(300\)"):
+        OptimSettings(backbone_frozen_steps=300)
 
 
 def _registered_versions(uri: str) -> int:

@@ -80,6 +80,12 @@ class OptimSettings(_Config):
     #: text embeddings while the rest trains; at 1e-5 it cost 0.013 mean AUC (docs/benchmarks.md),
     #: so the shipped configs leave it unset.
     encoder_lr: float | None = Field(default=None, gt=0.0)
+    #: Steps at the start during which the backbone group (the decoder LLM, or its LoRA adapters)
+    #: keeps lr 0 while the encoders and projection train; then its own warm-up and cosine begin.
+    #: Why: a pretrained LLM adapted from step 0 reads soft tokens that are still random; on
+    #: smollm2 600 such LoRA steps lost 0.049 mean AUC against the untrained model (ninth run in
+    #: docs/benchmarks.md). 0 = every group trains from the first step.
+    backbone_frozen_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.01, ge=0.0)
     warmup_steps: int = Field(default=20, ge=0)
     grad_clip: float = Field(default=1.0, gt=0.0)
@@ -95,6 +101,13 @@ class OptimSettings(_Config):
     compile_mode: str = "default"
     #: Compiled towers round packed widths up to this many tokens, so varying lengths hit a few shapes.
     pad_to_multiple: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _backbone_trains(self) -> OptimSettings:
+        if self.backbone_frozen_steps >= self.steps:
+            raise ValueError(f"backbone_frozen_steps ({self.backbone_frozen_steps}) must be below steps ({self.steps}): "
+                             "the backbone would never train")
+        return self
 
 
 class TrackingSettings(_Config):
@@ -139,7 +152,23 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _optimizer(model: QAnchor, cfg: OptimSettings, fused: bool) -> torch.optim.Optimizer:
+def lr_schedule(optimizer: torch.optim.Optimizer, cfg: OptimSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up then cosine for every group of `build_optimizer`; the backbone group (the second) first
+    waits `backbone_frozen_steps` at lr 0 and then runs its warm-up and cosine over the rest."""
+    shared = _lr_lambda(cfg.warmup_steps, cfg.steps)
+    frozen = cfg.backbone_frozen_steps
+    if not frozen:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, shared)
+    late = _lr_lambda(cfg.warmup_steps, cfg.steps - frozen)
+
+    def backbone(step: int) -> float:
+        return 0.0 if step < frozen else late(step - frozen)
+
+    lambdas = [shared, backbone] + [shared] * (len(optimizer.param_groups) - 2)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def build_optimizer(model: QAnchor, cfg: OptimSettings, fused: bool) -> torch.optim.Optimizer:
     """AdamW over [rest, backbone] (+ [user encoder] with its own `encoder_lr`): without
     `encoder_lr` the groups are the two they always were, so older checkpoints still resume."""
     backbone, encoder, rest = [], [], []
@@ -269,8 +298,8 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
     """
     _check_rows_per_rank(cfg, d)
     model.network.to(d.device).train()
-    optimizer = _optimizer(model, cfg.optim, fused=d.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
+    optimizer = build_optimizer(model, cfg.optim, fused=d.device.type == "cuda")
+    scheduler = lr_schedule(optimizer, cfg.optim)
     if cfg.optim.compile if cfg.optim.compile is not None else d.device.type == "cuda":
         model.network.compile_decoder(pad_to_multiple=cfg.optim.pad_to_multiple, mode=cfg.optim.compile_mode)
     network = model.network
