@@ -63,8 +63,8 @@ class LossSettings(_Config):
     #: ("37 days ago") must be in the vector the scenarios read, under the question asked.
     ntp_input: Literal["sequence", "embedding"] = "sequence"
     #: Weight of `qanchor.losses.answer_number_loss`: a linear head's reading of the embedding must
-    #: correlate, across the batch, with the answer's first `number_slots` numbers (log1p;
-    #: `qanchor.answer_numbers`). 0 = the paper's objective, and no head is built.
+    #: correlate with the answer's first `number_slots` numbers (log1p; `qanchor.answer_numbers`)
+    #: among the batch's rows of the same question. 0 = the paper's objective, and no head is built.
     number_weight: float = Field(default=0.0, ge=0.0)
     number_slots: int = Field(default=4, gt=0, le=16)
 
