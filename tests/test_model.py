@@ -189,7 +189,8 @@ def test_ntp_from_the_embedding_keeps_the_answer_out_of_the_anchor_row_and_round
     batch, table = model.collate(users[:2], [REF, REF])
     suffixes, answers = net.suffix_ids(["repay late?", "book a trip?"]), net.answer_ids(["yes", "no, never"])
     with torch.no_grad():
-        anchor, _, ntp, tokens = net(batch, table, suffixes, answers)
+        anchor, _, ntp, tokens, numbers = net(batch, table, suffixes, answers)
+        assert numbers is None  # no number head unless model.loss.number_weight > 0
         query_only = net.pack(net.prefix_embeddings(batch, table), suffixes)
         assert torch.allclose(anchor, net.anchor_forward(query_only)[0], atol=1e-6)
         assert torch.allclose(ntp, net.embedding_ntp(anchor, answers))

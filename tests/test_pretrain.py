@@ -176,24 +176,17 @@ def test_checkpoint_and_resume(trained, tmp_path, dataset, sqlite_store):
     assert run.data.params["resumed_from_step"] == "2"
 
 
-def test_answers_decoded_from_the_embedding_pretrain_through_the_same_path(tmp_path, dataset, sqlite_store):
+def test_the_optional_answer_heads_pretrain_log_their_loss_and_save_with_the_model(tmp_path, dataset, sqlite_store):
+    """NTP decoded from the embedding (`ntp_input: embedding`) and the answer-number head, in one run."""
     cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "model.loss.ntp_input": "embedding",
-                                                           "tracking.register_model": False})
-    summary = pretrain(cfg, progress=False)
-    metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data
-    assert metrics.params["model.loss.ntp_input"] == "embedding"
-    assert 0 < metrics.metrics["ntp"] < 20
-    assert QAnchor.from_pretrained(cfg.output_dir / "final").network.answer_bridge is not None
-
-
-def test_the_answer_number_head_trains_logs_its_loss_and_saves_with_the_model(tmp_path, dataset, sqlite_store):
-    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "model.loss.number_weight": 1.0,
+                                                           "model.loss.number_weight": 1.0,
                                                            "model.loss.number_slots": 3, "tracking.register_model": False})
     summary = pretrain(cfg, progress=False)
-    metrics = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data.metrics
-    assert 0 < metrics["numbers"] <= 2
-    head = QAnchor.from_pretrained(cfg.output_dir / "final").network.number_head
-    assert head is not None and head.out_features == 3
+    run = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"]).data
+    assert run.params["model.loss.ntp_input"] == "embedding"
+    assert 0 < run.metrics["ntp"] < 20 and 0 < run.metrics["numbers"] <= 2
+    network = QAnchor.from_pretrained(cfg.output_dir / "final").network
+    assert network.answer_bridge is not None and network.number_head.out_features == 3
 
 
 def test_encoder_lr_trains_the_user_encoder_at_its_own_rate(tmp_path, dataset, sqlite_store, spec):
