@@ -79,22 +79,14 @@ def uniformity_loss(embeddings: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     return torch.pdist(embeddings, p=2).pow(2).mul(-t).exp().mean().log()
 
 
-def _centred(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """x [N] minus the mean of its group (`groups` [N] integer ids)."""
-    _, index = torch.unique(groups, return_inverse=True)
-    sums = torch.zeros(int(index.max()) + 1, dtype=x.dtype, device=x.device).index_add(0, index, x)
-    counts = torch.zeros_like(sums).index_add(0, index, torch.ones_like(x))
-    return x - (sums / counts)[index]
-
-
 def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: torch.Tensor,
                        questions: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over number slots of 1 - Pearson correlation, within the batch, between the head's
     predictions and the answers' numbers (`qanchor.answer_numbers`); predicted / values [B, S],
-    present [B, S] bool. With `questions` ([B] integer ids of each row's question) both sides are
-    centred within each question first, so only how users differ under one question counts. A
-    slot with fewer than 3 numbers, or nothing left to correlate, is left out; a batch without one
-    such slot gives 0 (with a graph).
+    present [B, S] bool. With `questions` ([B] dense ids 0..B-1 of each row's question) both sides
+    are centred within each question first, so only how users differ under one question counts.
+    A slot with fewer than 3 numbers, or nothing left to correlate, is left out; a batch without
+    one such slot gives 0 (with a graph). All slots at once, with no host sync: it runs every step.
 
     Why a correlation and not a squared error: it asks only that the embedding vary with the
     numbers, not that a head reach their scale and offset. At the reference code's learning rate
@@ -104,21 +96,20 @@ def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: t
     so across a mixed batch most of its variance is which question was asked, which the query
     token alone explains; without centring the head is satisfied without reading the user.
     """
-    total, slots = predicted.sum() * 0.0, 0
-    for slot in range(values.shape[1]):
-        rows = present[:, slot]
-        if rows.sum() < 3:
-            continue
-        target, guess = values[rows, slot], predicted[rows, slot].float()
-        if questions is None:
-            target, guess = target - target.mean(), guess - guess.mean()
-        else:
-            target, guess = _centred(target, questions[rows]), _centred(guess, questions[rows])
-        if target.norm() <= 1e-6:
-            continue
-        total = total + 1 - (guess * target).sum() / (guess.norm() * target.norm()).clamp(min=1e-8)
-        slots += 1
-    return total / max(slots, 1)
+    weight = present.to(values.dtype)
+    guess = predicted.float()
+    group = torch.zeros(len(values), dtype=torch.long, device=values.device) if questions is None else questions
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        sums = torch.zeros_like(x).index_add(0, group, x * weight)
+        counts = torch.zeros_like(x).index_add(0, group, weight).clamp(min=1)
+        return (x - (sums / counts)[group]) * weight
+
+    target, guess = centred(values), centred(guess)
+    target_norm, guess_norm = target.norm(dim=0), guess.norm(dim=0)
+    correlation = (target * guess).sum(0) / (target_norm * guess_norm).clamp(min=1e-8)
+    used = ((weight.sum(0) >= 3) & (target_norm > 1e-6)).to(values.dtype)
+    return ((1 - correlation) * used).sum() / used.sum().clamp(min=1)
 
 
 def retrieval_accuracy(anchor: torch.Tensor, answer: torch.Tensor) -> float:

@@ -219,7 +219,7 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
         total = total + loss_cfg.uniformity_weight * losses["uniformity"]
     if numbers is not None:
         values, present = answer_numbers(texts, loss_cfg.number_slots)
-        questions = torch.tensor([_key(e.query) for e in batch], device=d.device)
+        questions = torch.from_numpy(np.unique([e.query for e in batch], return_inverse=True)[1]).to(d.device)
         losses["numbers"] = answer_number_loss(numbers, torch.from_numpy(values).to(d.device),
                                                torch.from_numpy(present).to(d.device), questions)
         total = total + loss_cfg.number_weight * losses["numbers"]
