@@ -5,6 +5,7 @@ Two layouts of the same users, measured in the same run:
   legacy     the store's full event sequences, no [HIST_m] tokens (before the history view)
   pooled     the packaged spec's shorter sequences plus one pooled [HIST_m] token per modality (default)
   slots      the same with 4 attention-slot [HIST_m] tokens per modality (`history_slots: 4`)
+  kinds      pooled plus each history modality's 24 most frequent kinds as tokens (`history_kind_tokens: 24`)
 
 Per layout: mean prefix tokens per user, one pretraining step (forward + backward of both towers
 and both losses, fresh encoders, batch of --batch rows), and the cold cost of a served user
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _report import emit  # noqa: E402
-from quality import variant_spec  # noqa: E402
+from quality import KIND_TOKENS, variant_spec  # noqa: E402
 
 from feature_repo.store import UserFeatureStore  # noqa: E402
 from qanchor.embedding_engine import EmbeddingEngine  # noqa: E402
@@ -70,9 +71,11 @@ def main() -> None:
     times = [e.reference_time for e in examples][:args.users]
     d = init_distributed()
     rows = []
-    for layout, history, slots in (("legacy", False, 0), ("pooled", True, 0), ("slots", True, 4)):
+    for layout, history, slots, kinds in (("legacy", False, 0, 0), ("pooled", True, 0, 0), ("slots", True, 4, 0),
+                                          ("kinds", True, 0, KIND_TOKENS)):
         spec = variant_spec(store.spec, layout)
-        settings = ModelSettings(backbone=backbone, history_tokens=history, history_slots=slots)
+        settings = ModelSettings(backbone=backbone, history_tokens=history, history_slots=slots,
+                                 history_kind_tokens=kinds)
         model = QAnchor.build(spec, settings, seed=0)
         cfg = PretrainConfig.model_validate({"model": settings.model_dump(), "data": {
             "dataset": args.dataset, "feature_repo": args.repo}})

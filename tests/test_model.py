@@ -122,6 +122,52 @@ def test_one_rare_old_kind_moves_a_history_slot(slotted, users):
     assert torch.equal(encoded.history[0, others], encoded.history[1, others]), "other modalities' slots unchanged"
 
 
+@pytest.fixture(scope="module")
+def with_kinds(spec):
+    """Each history modality's 3 most frequent kinds also enter the prefix as tokens."""
+    return QAnchor.build(spec, ModelSettings(history_kind_tokens=3), seed=0)
+
+
+def test_kind_tokens_add_the_users_own_kinds_up_to_k_per_history_modality(tiny, with_kinds, users):
+    """A user with 2 kinds in a modality gets 2 kind tokens there, one with 10 gets k; the pooled
+    [HIST_m] stays, and the prefix still never depends on the query."""
+    batch = collate_users(users, [REF] * len(users), tiny.spec, tiny.cache)
+    pooled = tiny.network.prefix_embeddings(batch, tiny.cache.table()).host_lengths
+    prefix = with_kinds.network.prefix_embeddings(collate_users(users, [REF] * len(users), tiny.spec, with_kinds.cache),
+                                                  with_kinds.cache.table())
+    k = with_kinds.settings.history_kind_tokens
+    added = [sum(min(k, int(batch[history_key(m.name)].mask[row].sum())) for m in tiny.spec.history_modalities)
+             for row in range(len(users))]
+    assert all(added), "the fixture users must have histories"
+    assert prefix.host_lengths == [p + a for p, a in zip(pooled, added)]
+    net = with_kinds.network.eval()
+    first = net.prefix_embeddings(collate_users(users[:1], [REF], tiny.spec, with_kinds.cache), with_kinds.cache.table())
+    packed = net.pack(first.repeat(2), net.suffix_ids(["will this user renew a plan?", "does this user buy pet food again?"]))
+    with torch.no_grad():
+        hidden = net.hidden_states(packed)
+    n = first.host_lengths[0]
+    assert torch.equal(hidden[0, :n], hidden[1, :n])
+
+
+def test_a_kind_token_holds_that_kinds_recency_and_nothing_else_moves(with_kinds, users):
+    """Moving one kind's last payment from yesterday to 80 days ago changes that kind's token
+    (and the pooled bill history), not the other kinds' tokens."""
+    user = users[0]
+    past = user.history["bill"]
+    assert len(past) >= 2, "the fixture user must have two bill kinds"
+    last_seen = (REF - 80 * 86_400, *past.last_seen[1:])
+    first_seen = (min(past.first_seen[0], last_seen[0]), *past.first_seen[1:])
+    twin = replace(user, history={**user.history, "bill": replace(past, last_seen=last_seen, first_seen=first_seen)})
+    batch = collate_users([user, twin], [REF, REF], with_kinds.spec, with_kinds.cache)
+    encoded = with_kinds.network.user_encoder(batch, with_kinds.cache.table())
+    k = with_kinds.settings.history_kind_tokens
+    first = [m.name for m in with_kinds.spec.history_modalities].index("bill") * k
+    assert (encoded.kinds[0, first] - encoded.kinds[1, first]).abs().max() > 1e-4
+    others = torch.ones(encoded.kinds.shape[1], dtype=torch.bool)
+    others[first] = False
+    torch.testing.assert_close(encoded.kinds[0, others], encoded.kinds[1, others], atol=1e-6, rtol=0)
+
+
 def test_history_tokens_carry_events_that_fell_off_the_event_sequence(tiny, users):
     """Two users whose last events agree but whose older history differs get different vectors."""
     user = users[0]

@@ -87,6 +87,13 @@ class ModelSettings(_Config):
     #: Measured on the GPU (docs/benchmarks.md) it did not help and crowded users together, so
     #: it stays opt-in. The slots read only the user's features: the prefix stays cacheable.
     history_slots: int = Field(default=0, ge=0, le=16)
+    #: Each history modality's k most frequent kinds also enter the prefix as their own tokens
+    #: (`[KIND]`: the kind's text with its window counts, recency and sums), besides the pooled
+    #: `[HIST_m]`. A question naming one kind ("when did this user last pay a quarterly plan?")
+    #: can then attend to that kind's row, which no single pooled vector can hold for every kind
+    #: at once. 0 = off. Costs up to k tokens per history modality in the prefix (the user's kinds
+    #: only, so fewer for most users); they come from the features alone, so the prefix stays cacheable.
+    history_kind_tokens: int = Field(default=0, ge=0, le=64)
     #: The `<USER_EMB>` state also attends over the user's summary tokens before the projection
     #: (`qanchor.model.modeling.SummaryReadout`), so the query can pick out a modality's or a
     #: history's summary instead of reading it through the decoder's mix of every prefix token.

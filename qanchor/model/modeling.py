@@ -2,11 +2,13 @@
 
 Sequence of the anchor tower (one row per (user, query) pair, packed left, right-padded):
 
-    [USER] [MOD_1..MOD_M] [HIST_1..HIST_M] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
+    [USER] [MOD_1..MOD_M] [HIST_1..HIST_M] [KIND ...] [events of modality 1] ... [events of modality M] | [soft prompt x k] <QUERY> query <USER_EMB> [answer]
 
 `[HIST_m]` (one token per modality, or k with `history_slots: k`) summarises every event of
 modality m's window (per-kind counts, recency, sums from the history feature view), while the
-event tokens are only its last `max_events` events.
+event tokens are only its last `max_events` events. With `history_kind_tokens: k` each history
+modality's k most frequent kinds follow as tokens of their own (`[KIND]`), so a query naming one
+kind can attend to that kind's counts and recency.
 
 With `summary_readout` the embedding also reads the summary tokens directly: the `<USER_EMB>`
 state attends over the row's `[USER] [MOD_m] [HIST_m]` inputs (`SummaryReadout`), so what the
@@ -68,6 +70,8 @@ class EncodedUsers:
     modalities: torch.Tensor         # [B, M, H] mean of each modality's recent events, adapted
     history: torch.Tensor            # [B, M_h * k, H] k tokens per history modality (its whole window), adapted
     history_present: torch.Tensor    # [B, M_h * k] bool: the user has any history in that modality
+    kinds: torch.Tensor              # [B, M_h * K, H] the K most frequent kinds per history modality, adapted
+    kinds_present: torch.Tensor      # [B, M_h * K] bool: the user has that many kinds in that modality
     events: list[torch.Tensor]       # per modality [B, N_m, H]
 
 
@@ -98,15 +102,19 @@ class HierarchicalUserEncoder(nn.Module):
     History pooling, `history_slots` = 0: mean and max over the kinds, one token per modality
     (max keeps a rare kind seen once months ago visible next to the frequent ones). k > 0: k
     attention slots per modality, each free to pick out the few kinds a scenario turns on.
+    `kind_tokens` K > 0: the first K kind vectors (most frequent first, as the history view
+    stores them) are also returned one by one, through their own adapter.
     """
 
     def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, history: bool = True,
-                 history_slots: int = 0, text_dim: int = TextEmbeddingCache.dim):
+                 history_slots: int = 0, kind_tokens: int = 0, text_dim: int = TextEmbeddingCache.dim):
         super().__init__()
         self.names = spec.names
         self.history_names = tuple(m.name for m in spec.history_modalities) if history else ()
         #: History tokens per history modality in the prefix.
         self.history_width = max(1, history_slots) if self.history_names else 0
+        #: Kind tokens per history modality (candidates; a user's missing kinds are dropped).
+        self.kind_width = kind_tokens if self.history_names else 0
         self.event_mlps = nn.ModuleDict({
             name: _mlp(text_dim + numeric_width(spec, name) + TIME_FEATURES, event_hidden, hidden) for name in self.names
         })
@@ -123,6 +131,7 @@ class HierarchicalUserEncoder(nn.Module):
             else:
                 self.history_pool = nn.Linear(2 * hidden, hidden)
             self.history_adapter = _adapter(hidden)
+        self.kind_adapter = _adapter(hidden) if self.kind_width else None
 
     def _pool_history(self, index: int, kinds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K, H] kind vectors -> [B, history_width, H]."""
@@ -133,14 +142,30 @@ class HierarchicalUserEncoder(nn.Module):
         peak = kinds.masked_fill(~mask.unsqueeze(-1), torch.finfo(kinds.dtype).min).amax(1) * (count > 0)
         return self.history_pool(torch.cat([mean, peak], dim=-1)).unsqueeze(1)
 
-    def _history(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, present = [], []
+    def _kind_tokens(self, kinds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, K', H] kind vectors -> exactly `kind_width` adapted tokens and their mask (padded or cut)."""
+        width = self.kind_width
+        kinds, mask = kinds[:, :width], mask[:, :width]
+        if kinds.shape[1] < width:
+            kinds = F.pad(kinds, (0, 0, 0, width - kinds.shape[1]))
+            mask = F.pad(mask, (0, width - mask.shape[1]))
+        return self.kind_adapter(kinds) * mask.unsqueeze(-1), mask
+
+    def _history(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pooled, present, kind_tokens, kind_present = [], [], [], []
         for index, name in enumerate(self.history_names):
             hb = batch[history_key(name)]
             kinds = self.history_mlps[name](torch.cat([text_table[hb.ids], hb.numeric], dim=-1))
             pooled.append(self.history_adapter(self._pool_history(index, kinds, hb.mask)))
             present.append(hb.mask.any(1, keepdim=True).expand(-1, self.history_width))
-        return torch.cat(pooled, dim=1), torch.cat(present, dim=1)
+            if self.kind_adapter is not None:
+                tokens, mask = self._kind_tokens(kinds, hb.mask)
+                kind_tokens.append(tokens)
+                kind_present.append(mask)
+        history, history_present = torch.cat(pooled, dim=1), torch.cat(present, dim=1)
+        if not kind_tokens:
+            return history, history_present, history[:, :0], history_present[:, :0]
+        return history, history_present, torch.cat(kind_tokens, dim=1), torch.cat(kind_present, dim=1)
 
     def forward(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> EncodedUsers:
         events, summaries, present = [], [], []
@@ -155,17 +180,18 @@ class HierarchicalUserEncoder(nn.Module):
         mods = torch.stack(summaries, dim=1)
         batch_size, hidden = mods.shape[0], mods.shape[-1]
         if self.history_names:
-            history, history_present = self._history(batch, text_table)
+            history, history_present, kinds, kinds_present = self._history(batch, text_table)
             # The user token weighs each history modality once, whatever its number of slots.
             per_modality = history.view(batch_size, -1, self.history_width, hidden).mean(2)
             per_modality_present = history_present[:, ::self.history_width]
         else:
-            history = per_modality = mods.new_zeros(batch_size, 0, hidden)
-            history_present = per_modality_present = torch.zeros(batch_size, 0, dtype=torch.bool, device=mods.device)
+            history = per_modality = kinds = mods.new_zeros(batch_size, 0, hidden)
+            history_present = per_modality_present = kinds_present = torch.zeros(
+                batch_size, 0, dtype=torch.bool, device=mods.device)
         summary = torch.cat([mods, per_modality], dim=1)
         weight = torch.cat([torch.stack(present, dim=1), per_modality_present], dim=1).to(mods.dtype).unsqueeze(-1)
         user = self.user_adapter((summary * weight).sum(1) / weight.sum(1).clamp(min=1))
-        return EncodedUsers(user, mods, history, history_present, events)
+        return EncodedUsers(user, mods, history, history_present, kinds, kinds_present, events)
 
 
 class SummaryReadout(nn.Module):
@@ -264,10 +290,13 @@ class QAnchorModel(nn.Module):
         self.lm = backbone.lm
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens,
-                                                    settings.history_slots)
+                                                    settings.history_slots, settings.history_kind_tokens)
         if self.user_encoder.history_names:
             #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
             self.history_type = nn.Parameter(torch.zeros(hidden))
+        if self.user_encoder.kind_width:
+            #: Added to a kind token on top of its modality's type embedding: "one kind, whole window".
+            self.kind_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
         self.readout = SummaryReadout(hidden) if settings.summary_readout else None
         #: Embedding -> one input token the answer is decoded from (`loss.ntp_input: embedding`).
@@ -303,8 +332,8 @@ class QAnchorModel(nn.Module):
         return self.lm.get_input_embeddings()(ids)
 
     def prefix_embeddings(self, batch: dict[str, ModalityBatch], text_table: torch.Tensor) -> Prefixes:
-        """Per user, `[USER] [present modalities] [present histories' slots] [their events]`, packed to the
-        left of the row.
+        """Per user, `[USER] [present modalities] [present histories' slots] [their kinds] [their events]`,
+        packed to the left of the row.
 
         Vectorised: every candidate token is laid out densely, then a stable sort on validity
         moves each row's real tokens to the front in layout order; one host sync sizes the rows.
@@ -317,11 +346,17 @@ class QAnchorModel(nn.Module):
             history_types = types[[1 + self.spec.names.index(n) for n in self.user_encoder.history_names]]
             history_types = history_types.repeat_interleave(self.user_encoder.history_width, dim=0)
             candidates.append(encoded.history + history_types + self.history_type)
+        if self.user_encoder.kind_width:
+            kind_types = history_types[::self.user_encoder.history_width]
+            candidates.append(encoded.kinds + kind_types.repeat_interleave(self.user_encoder.kind_width, dim=0)
+                              + self.kind_type)
         present = torch.stack([batch[name].mask.any(1) for name in self.spec.names], dim=1)
         summaries = self.settings.summary_tokens
         valid = [torch.full_like(present[:, :1], summaries), present & summaries]
         if self.user_encoder.history_names:
             valid.append(encoded.history_present)
+        if self.user_encoder.kind_width:
+            valid.append(encoded.kinds_present)
         summary, summary_mask = (torch.cat(candidates, dim=1), torch.cat(valid, dim=1)) if self.readout is not None else (None, None)
         for i, name in enumerate(self.spec.names):
             candidates.append(encoded.events[i] + types[1 + i])
