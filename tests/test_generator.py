@@ -148,6 +148,34 @@ def test_d_future_names_each_scheduled_payment_of_the_next_window(dataset):
     assert planned and answers.loc[sorted(planned)].str.contains("notably, paid [0-9.]+ at .*, quarterly plans").all()
 
 
+def test_future_kind_questions_ask_one_kind_each_and_answer_from_the_future_window(tmp_path):
+    """Opt-in yes/no D_future questions: the query names the behaviour, the answer is read back
+    from that user's future events, half yes and half no, and nothing else in the dataset moves."""
+    plain = generate(GeneratorConfig(users=200, seed=3, chunk_users=100), tmp_path / "plain", progress=False)
+    asked = generate(GeneratorConfig(users=200, seed=3, chunk_users=100, future_questions_per_user=3),
+                     tmp_path / "asked", progress=False)
+    for name in ("events", "future_events", "labels", "d_uqa", "splits"):
+        pd.testing.assert_frame_equal(read_table(tmp_path / "plain", name), read_table(tmp_path / "asked", name))
+    assert asked["rows"]["d_future"] == plain["rows"]["d_future"] + 3 * 200
+
+    future = read_table(tmp_path / "asked", "future_events")
+    d_future = read_table(tmp_path / "asked", "d_future")
+    kinds = d_future[d_future["query"].str.startswith("Will this user")]
+    assert (kinds.groupby("user_id")["query"].nunique() == 3).all()
+    assert 0.35 < kinds["answer"].str.startswith("Yes").mean() < 0.65
+    refill = kinds[kinds["query"] == "Will this user pay for refills in the next 30 days?"]
+    buyers = set(future.loc[future["category"] == "refills", "user_id"])
+    assert len(refill) and (refill["answer"].str.startswith("Yes") == refill["user_id"].isin(buyers)).all()
+    overdue = kinds[kinds["query"].str.contains('"paid late fee for overdue repayment"')]
+    late = set(future.loc[future["category"] == "task:risk_overdue", "user_id"])
+    assert len(overdue) and (overdue["answer"].str.startswith("Yes") == overdue["user_id"].isin(late)).all()
+
+
+def test_future_questions_per_user_is_bounded():
+    with pytest.raises(ValueError, match="future_questions_per_user"):
+        GeneratorConfig(users=10, future_questions_per_user=17)
+
+
 def test_splits_partition_users(dataset):
     splits = read_table(dataset, "splits")
     assert splits["user_id"].is_unique

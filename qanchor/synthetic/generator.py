@@ -33,7 +33,7 @@ from qanchor.synthetic.catalog import TRAITS
 from qanchor.synthetic.drift import Drift, apply_drifts
 from qanchor.synthetic.events import generate_window
 from qanchor.synthetic.habits import HABIT_CATEGORIES, habit_events
-from qanchor.synthetic.future_summary import FUTURE_QUERY, summarise_future
+from qanchor.synthetic.future_summary import FUTURE_QUERY, future_kind_questions, summarise_future
 from qanchor.synthetic.population import sample_ages, sample_profiles, sample_traits
 from qanchor.synthetic.tasks import PARAPHRASES, TASK_NAMES, TASKS, draw_positives, label_from_future, marker_events
 from qanchor.synthetic.uqa import RECENCY_TOPICS, sample_questions, user_facts
@@ -66,6 +66,8 @@ class GeneratorConfig:
     future_days: int = 30
     chunk_users: int = 5_000
     uqa_per_user: int = 3
+    #: Yes/no D_future questions about one future kind each (`future_kind_questions`), per user.
+    future_questions_per_user: int = 0
     #: Injected drifts of the observed window (`qanchor.synthetic.drift`); none by default.
     drifts: tuple[Drift, ...] = ()
 
@@ -76,6 +78,8 @@ class GeneratorConfig:
             raise ValueError(f"chunk_users must be positive, got {self.chunk_users}")
         if not 1 <= self.uqa_per_user <= 13:
             raise ValueError(f"uqa_per_user must be in [1, 13], got {self.uqa_per_user}")
+        if not 0 <= self.future_questions_per_user <= 16:
+            raise ValueError(f"future_questions_per_user must be in [0, 16], got {self.future_questions_per_user}")
         if self.window_days <= 0 or self.future_days <= 0:
             raise ValueError("window_days and future_days must be positive")
         if self.as_of.tzinfo is None:
@@ -130,6 +134,11 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
     labels = label_from_future(user_ids, future)
     labels.insert(1, "label_time", as_of)
     d_future = summarise_future(pd.Series(user_ids), future, as_of, scheduled=HABIT_CATEGORIES)
+    if config.future_questions_per_user:
+        kind_questions = future_kind_questions(np.random.default_rng([config.seed, chunk_index, 4]),
+                                               pd.Series(user_ids), future, as_of,
+                                               config.future_questions_per_user, config.future_days)
+        d_future = pd.concat([d_future, kind_questions], ignore_index=True)
     facts = user_facts(events, profiles, as_of)
     # One recency question per user, from its own stream so the splits drawn below stay as they were.
     recency = sample_questions(np.random.default_rng([config.seed, chunk_index, 3]), facts, 1, as_of, RECENCY_TOPICS)
