@@ -28,7 +28,9 @@ comparable within one run:
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
   no_pretraining       random-init encoders + backbone, then prompt tuning
-  data_25, data_50     pretraining on 25% / 50% of the train-split examples
+  data_10, data_25, data_50  pretraining on 10% / 25% / 50% of the train-split examples
+  tiny_4x256, tiny_8x512     the random-init backbone at 4 layers x 256 / 8 layers x 512 (2 x 128)
+  batch_256            full at 256 rows a step (255 in-batch negatives each) instead of the config's
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
 Variants combine with `+`: `by_question+uniform` applies both changes to the base config;
@@ -101,9 +103,11 @@ from training.pretrain import (  # noqa: E402
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "grouped", "by_question", "uniform", "readout",
             "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
-            "no_summary_tokens", "no_pretraining", "data_25", "data_50")
+            "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50", "tiny_4x256", "tiny_8x512",
+            "batch_256")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
-MODEL_PARTS = {"no_history", "history_slots", "kinds", "readout", "wide", "no_summary_tokens"}
+MODEL_PARTS = {"no_history", "history_slots", "kinds", "readout", "wide", "no_summary_tokens", "tiny_4x256",
+               "tiny_8x512"}
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
@@ -117,7 +121,7 @@ def train_examples(dataset: Path) -> int:
 
 def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path, steps: int, pool: int,
                    out: Path) -> PretrainConfig:
-    """`pool` is the pretraining set (100%); data_25 / data_50 draw that share of it. A variant joined
+    """`pool` is the pretraining set (100%); data_10 / data_25 / data_50 draw that share of it. A variant joined
     by `+` (`by_question+uniform`) applies each part's change, in order."""
     cfg = base.model_dump()
     cfg["data"].update(dataset=dataset, feature_repo=repo, max_train_examples=pool)
@@ -159,6 +163,11 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["summary_tokens"] = False
         elif part.startswith("data_"):
             cfg["data"]["max_train_examples"] = pool * int(part.removeprefix("data_")) // 100
+        elif part.startswith("tiny_"):
+            layers, hidden = part.removeprefix("tiny_").split("x")
+            cfg["model"]["backbone"].update(num_hidden_layers=int(layers), hidden_size=int(hidden))
+        elif part == "batch_256":
+            cfg["optim"]["batch_size"] = 256
         elif part == "smollm2":
             cfg["model"]["backbone"]["name"] = "smollm2-135m"
         elif part not in ("full", "no_pretraining"):

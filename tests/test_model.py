@@ -282,6 +282,22 @@ def test_unknown_backbone_is_refused_at_config_time(name):
         BackboneSettings(name=name)
 
 
+def test_tiny_backbone_resizes_and_its_saved_folder_keeps_the_shape(spec, users, tmp_path):
+    settings = ModelSettings(backbone=BackboneSettings(hidden_size=192, num_hidden_layers=3))
+    model = QAnchor.build(spec, settings, seed=0)
+    config = model.network.lm.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (192, 3, 6)
+    before = model.embed(users[:1], ["will this user repay late?"], reference_time=REF)
+    loaded = QAnchor.from_pretrained(model.save_pretrained(tmp_path / "model"))
+    assert loaded.network.lm.config.num_hidden_layers == 3
+    assert (loaded.embed(users[:1], ["will this user repay late?"], reference_time=REF) == before).all()
+
+
+def test_a_shape_is_refused_for_a_backbone_that_brings_its_own():
+    with pytest.raises(ValueError, match="resize the random-init `tiny`"):
+        BackboneSettings(name="smollm2-135m", hidden_size=256)
+
+
 @pytest.mark.slow
 def test_smollm2_preset_loads_from_the_pypi_gguf_and_runs_with_user_tokens(spec, users):
     model = QAnchor.build(spec, ModelSettings(backbone=BackboneSettings(name="smollm2-135m")), seed=0)

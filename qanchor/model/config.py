@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Named backbones; anything else must be a local directory or an "org/name" hub id.
 BACKBONE_PRESETS = ("tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-0.5b-shape")
@@ -33,6 +33,10 @@ class BackboneSettings(_Config):
     lora: LoraSettings | None = None
     #: Hub ids are only resolved from the local cache unless this is set: no network at run time.
     allow_download: bool = False
+    #: `tiny` scaled up (its width and depth; heads of 32 dims, half as many KV heads, MLP 3x wide):
+    #: the backbone-size curve needs a random-init decoder between 2 x 128 and a real LLM.
+    hidden_size: int | None = Field(default=None, ge=64, le=2048, multiple_of=64)
+    num_hidden_layers: int | None = Field(default=None, ge=1, le=48)
 
     @field_validator("name")
     @classmethod
@@ -41,6 +45,13 @@ class BackboneSettings(_Config):
             return name
         raise ValueError(f"unknown backbone {name!r}: use one of {list(BACKBONE_PRESETS)}, a local model directory "
                          "or an org/name hub id")
+
+    @model_validator(mode="after")
+    def _shape_only_for_tiny(self) -> BackboneSettings:
+        if self.name != "tiny" and (self.hidden_size is not None or self.num_hidden_layers is not None):
+            raise ValueError(f"hidden_size and num_hidden_layers resize the random-init `tiny` backbone; "
+                             f"{self.name!r} brings its own shape")
+        return self
 
 
 class LossSettings(_Config):
