@@ -30,7 +30,7 @@ comparable within one run:
   no_pretraining       random-init encoders + backbone, then prompt tuning
   data_10, data_25, data_50  pretraining on 10% / 25% / 50% of the train-split examples
   tiny_4x256, tiny_8x512     the random-init backbone at 4 layers x 256 / 8 layers x 512 (2 x 128)
-  batch_256            full at 256 rows a step (255 in-batch negatives each) instead of the config's
+  batch_256            full at 256 rows a step (255 in-batch negatives each) instead of the config's 64
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
 Variants combine with `+`: `by_question+uniform` applies both changes to the base config;

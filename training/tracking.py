@@ -18,7 +18,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-from packaging.version import Version
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -66,13 +65,13 @@ def open_experiment(uri: str, name: str, artifact_location: str | None = None) -
 
 
 def model_requirements() -> list[str]:
-    """The logged model's pip requirements, pinned to the versions installed here (public part only:
+    """The logged model's pip requirements, pinned to the versions installed here (the public part:
     `torch==2.13.0` also matches a GPU node's `2.13.0+cu130`).
 
     Given explicitly because MLflow's inference runs the model's code in a subprocess to see what
     it imports (about 10 s of every pretraining run and registration) and still missed torch and
     transformers, which the pyfunc imports only when it loads."""
-    return [f"{name}=={Version(metadata.version(name)).public}" for name in MODEL_REQUIREMENTS]
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
 
 
 def log_backbone(model_dir: Path, example: pd.DataFrame) -> str:
