@@ -37,7 +37,7 @@ from qanchor.model import BackboneSettings, LoraSettings, ModelSettings, QAnchor
 from qanchor.model.batch import collate_users  # noqa: E402
 from training.data import build_examples  # noqa: E402
 from training.distributed import init_distributed  # noqa: E402
-from training.pretrain import PretrainConfig, step_losses  # noqa: E402
+from training.pretrain import PretrainConfig, collate_step, step_losses  # noqa: E402
 
 QUERIES = ["will this user book travel soon?", "will this user repay a loan late?"]
 
@@ -83,7 +83,7 @@ def main() -> None:
                                                   model.cache.table()).host_lengths
 
         def step() -> None:
-            losses = step_losses(model.network, model, batch, cfg, d)
+            losses = step_losses(model.network, model, collate_step(model, batch, d.device), cfg, d)
             losses["loss"].backward()
             model.network.zero_grad(set_to_none=True)
 

@@ -112,6 +112,9 @@ def answer_number_loss(predicted: torch.Tensor, values: torch.Tensor, present: t
     return ((1 - correlation) * used).sum() / used.sum().clamp(min=1)
 
 
-def retrieval_accuracy(anchor: torch.Tensor, answer: torch.Tensor) -> float:
-    """Share of anchors whose most similar answer in the batch is their own (chance: 1 / batch)."""
-    return (anchor @ answer.T).argmax(dim=1).eq(torch.arange(anchor.shape[0], device=anchor.device)).float().mean().item()
+def retrieval_accuracy(anchor: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
+    """Share of anchors whose most similar answer in the batch is their own (chance: 1 / batch).
+
+    A 0-d tensor on the anchors' device: reading it waits for the accelerator, so the training
+    loop reads it only when it logs, not every step."""
+    return (anchor @ answer.T).argmax(dim=1).eq(torch.arange(anchor.shape[0], device=anchor.device)).float().mean()

@@ -14,6 +14,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from qanchor.user_files import read_yaml_model
 from qanchor.answer_numbers import answer_numbers
 from qanchor.losses import answer_number_loss, contrastive_loss, retrieval_accuracy, uniformity_loss
 from qanchor.model import ModelSettings, QAnchor
-from qanchor.model.batch import collate_users
+from qanchor.model.batch import ModalityBatch, collate_users
 from training.data import Example, build_examples, example_order, example_rows
 from training.example_stream import ExampleSource, StreamedExamples
 from training.distributed import Dist, gather_ids, gather_with_grad, init_distributed
@@ -195,15 +196,30 @@ def row_keys(batch: list[Example], device: torch.device) -> tuple[torch.Tensor, 
     return users, answers
 
 
-def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], cfg: PretrainConfig,
-                d: Dist) -> dict[str, torch.Tensor]:
-    """Both towers and both losses for one per-rank batch; `network` is the model or its DDP wrapper."""
+@dataclass(frozen=True)
+class StepBatch:
+    """One per-rank batch as the towers read it: collated users on the device, token ids of its
+    queries and answers. Built apart from the forward pass so the loop can time the host's share."""
+
+    examples: list[Example]
+    users: dict[str, ModalityBatch]
+    queries: list[torch.Tensor]
+    answers: list[torch.Tensor]
+
+
+def collate_step(model: QAnchor, batch: list[Example], device: torch.device) -> StepBatch:
     net = model.network
     users = collate_users([e.features for e in batch], [e.reference_time for e in batch], net.spec, model.cache)
-    users = {k: v.to(d.device) for k, v in users.items()}
+    return StepBatch(batch, {k: v.to(device) for k, v in users.items()}, net.suffix_ids([e.query for e in batch]),
+                     net.answer_ids([e.answer for e in batch]))
+
+
+def step_losses(network: torch.nn.Module, model: QAnchor, step: StepBatch, cfg: PretrainConfig,
+                d: Dist) -> dict[str, torch.Tensor]:
+    """Both towers and both losses for one per-rank batch; `network` is the model or its DDP wrapper."""
+    batch = step.examples
     texts = [e.answer for e in batch]
-    anchor, answer, ntp, tokens, numbers = network(users, model.cache.table(d.device),
-                                                   net.suffix_ids([e.query for e in batch]), net.answer_ids(texts))
+    anchor, answer, ntp, tokens, numbers = network(step.users, model.cache.table(d.device), step.queries, step.answers)
     anchor_all, offset = gather_with_grad(anchor, d)
     answer_all, _ = gather_with_grad(answer, d)
     users_local, answers_local = row_keys(batch, d.device)
@@ -224,7 +240,7 @@ def step_losses(network: torch.nn.Module, model: QAnchor, batch: list[Example], 
                                                torch.from_numpy(present).to(d.device), questions)
         total = total + loss_cfg.number_weight * losses["numbers"]
     return {"loss": total, "contrastive": contrastive, "ntp": ntp, **losses, "tokens": tokens.float(),
-            "retrieval_acc": torch.tensor(retrieval_accuracy(anchor.detach(), answer.detach()))}
+            "retrieval_acc": retrieval_accuracy(anchor.detach(), answer.detach())}
 
 
 def retrieval_batch_size(cfg: PretrainConfig, n_val: int) -> int:
@@ -243,7 +259,7 @@ def evaluate_retrieval(model: QAnchor, examples: list[Example], batch_size: int)
         anchor = model.anchor_embeddings([e.features for e in batch], [e.reference_time for e in batch],
                                          [e.query for e in batch], paired=True)
         answer = net.semantic_forward(net.answer_ids([e.answer for e in batch]))
-        hits += retrieval_accuracy(anchor, answer) * len(batch)
+        hits += retrieval_accuracy(anchor, answer).item() * len(batch)
         total += len(batch)
     net.train()
     if total == 0:
@@ -325,26 +341,31 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
     batches = train.batches(order[start_step * cfg.optim.batch_size:], cfg.optim.batch_size, d.rank, d.world)
-    tick, tokens_since = time.perf_counter(), 0.0
+    tick, tokens_since, collate_seconds = time.perf_counter(), 0.0, 0.0
     for step, batch in zip(bar, batches):
+        collate_start = time.perf_counter()
+        inputs = collate_step(model, batch, d.device)
+        collate_seconds += time.perf_counter() - collate_start
         with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses = step_losses(network, model, batch, cfg, d)
+            losses = step_losses(network, model, inputs, cfg, d)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.network.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
-        tokens_since += losses["tokens"].item() * d.world
+        tokens_since = tokens_since + losses["tokens"].detach()  # a device tensor: no sync per step
         if d.main and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.steps):
             elapsed = time.perf_counter() - tick
             metrics = {k: float(v.detach()) for k, v in losses.items() if k != "tokens"}
-            metrics["tokens_per_s"] = tokens_since / elapsed
+            metrics["tokens_per_s"] = float(tokens_since) * d.world / elapsed
+            # Wall time spent collating on the host: near 1, the accelerator is waiting for batches.
+            metrics["collate_share"] = collate_seconds / elapsed
             metrics["lr"] = scheduler.get_last_lr()[0]
             if log_metrics is not None:
                 log_metrics(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['retrieval_acc']:.2f}",
                             tok_s=f"{metrics['tokens_per_s']:.0f}")
-            tick, tokens_since = time.perf_counter(), 0.0
+            tick, tokens_since, collate_seconds = time.perf_counter(), 0.0, 0.0
         if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
             _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
     if not d.main:

@@ -11,12 +11,12 @@ sums of the numeric fields, and the recency of its last and first event within t
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from qanchor.features import ModalityHistory, UserFeatures
+from qanchor.features import ModalityEvents, ModalityHistory, UserFeatures
 from qanchor.modality_spec import EventModality, ModalitySpec, ProfileModality
 from qanchor.model.text_encoder import TextEmbeddingCache
 
@@ -57,50 +57,63 @@ def history_width(spec: ModalitySpec, modality: EventModality) -> int:
     return len(spec.history_windows(modality)) + len(modality.numeric_fields) + 2
 
 
-def _signed_log(x: float) -> float:
-    return math.copysign(math.log1p(abs(x)), x)
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _padded(rows: list[np.ndarray], width: int, dtype: np.dtype) -> np.ndarray:
+    """Rows of different lengths (same trailing shape) left-aligned in one zero-padded array."""
+    trailing = rows[0].shape[1:] if rows else ()
+    out = np.zeros((len(rows), width, *trailing), dtype=dtype)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = row
+    return out
+
+
+def _modality_batch(ids: list[list[int]], numeric: list[np.ndarray], time: list[np.ndarray]) -> ModalityBatch:
+    """Per-user id lists and [n, F] feature rows as one padded batch (width >= 1, so an all-empty
+    modality still has a masked slot)."""
+    lengths = np.array([len(r) for r in ids], dtype=np.int64)
+    width = max(1, int(lengths.max(initial=0)))
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    flat_ids = np.zeros((len(ids), width), dtype=np.int64)
+    flat_ids[mask] = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum()))
+    return ModalityBatch(torch.from_numpy(flat_ids), torch.from_numpy(_padded(numeric, width, np.float32)),
+                         torch.from_numpy(_padded(time, width, np.float32)), torch.from_numpy(mask))
+
+
+def _event_rows(events: ModalityEvents, modality: EventModality, ref: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The last `max_events` events' texts, signed-log numeric fields [n, F] and time features [n, 3]."""
+    n = min(len(events), modality.max_events)
+    keep = slice(len(events) - n, None)
+    names = modality.numeric_names
+    numeric = (_signed_log(np.array([events.numeric[name][keep] for name in names], dtype=np.float64)).T
+               if names and n else np.zeros((n, len(names))))
+    times = np.asarray(events.times[keep], dtype=np.float64)
+    phase = 2 * np.pi * (times % 86_400) / 86_400
+    time = np.stack([(ref - times) / (86_400.0 * modality.window_days), np.sin(phase), np.cos(phase)], axis=1)
+    return list(events.texts[keep]), numeric, time
 
 
 def collate_users(users: list[UserFeatures], reference_times: list[int], spec: ModalitySpec,
                   cache: TextEmbeddingCache) -> dict[str, ModalityBatch]:
-    """Tensors per modality for `users`; `reference_times` (unix s) anchor each user's recency."""
+    """Tensors per modality for `users`; `reference_times` (unix s) anchor each user's recency.
+
+    Array work is per modality and user, never per event: collation runs on the host before
+    every training step and served request, where per-value Python was most of a GPU step."""
     out: dict[str, ModalityBatch] = {}
     for modality in spec.modalities:
-        rows_text: list[list[str]] = []
-        rows_num: list[list[list[float]]] = []
-        rows_time: list[list[list[float]]] = []
+        ids, numeric, time = [], [], []
         for user, ref in zip(users, reference_times):
             if isinstance(modality, EventModality):
-                events = user.modalities[modality.name]
-                keep = slice(max(0, len(events) - modality.max_events), None)
-                texts = list(events.texts[keep])
-                names = modality.numeric_names
-                nums = [[_signed_log(events.numeric[n][i]) for n in names] for i in range(len(events))][keep]
-                window = 86_400.0 * modality.window_days
-                times = [[(ref - t) / window, math.sin(2 * math.pi * (t % 86_400) / 86_400),
-                          math.cos(2 * math.pi * (t % 86_400) / 86_400)] for t in events.times[keep]]
+                texts, nums, times = _event_rows(user.modalities[modality.name], modality, ref)
             else:
                 texts = profile_texts(modality, user.profile)
-                nums, times = [[] for _ in texts], [[0.0] * TIME_FEATURES for _ in texts]
-            rows_text.append(texts)
-            rows_num.append(nums)
-            rows_time.append(times)
-        width = max(1, max(len(r) for r in rows_text))
-        n_num = numeric_width(spec, modality.name)
-        ids = torch.zeros(len(users), width, dtype=torch.long)
-        numeric = torch.zeros(len(users), width, n_num)
-        time = torch.zeros(len(users), width, TIME_FEATURES)
-        mask = torch.zeros(len(users), width, dtype=torch.bool)
-        for b, (texts, nums, times) in enumerate(zip(rows_text, rows_num, rows_time)):
-            if not texts:
-                continue
-            n = len(texts)
-            ids[b, :n] = torch.tensor(cache.ids(texts))
-            if n_num:
-                numeric[b, :n] = torch.tensor(nums, dtype=torch.float32)
-            time[b, :n] = torch.tensor(times, dtype=torch.float32)
-            mask[b, :n] = True
-        out[modality.name] = ModalityBatch(ids, numeric, time, mask)
+                nums, times = np.zeros((len(texts), 0)), np.zeros((len(texts), TIME_FEATURES))
+            ids.append(cache.ids(texts) if texts else [])
+            numeric.append(nums)
+            time.append(times)
+        out[modality.name] = _modality_batch(ids, numeric, time)
     for modality in spec.history_modalities:
         out[history_key(modality.name)] = _collate_history(
             [u.history.get(modality.name, ModalityHistory()) for u in users], reference_times, spec, modality, cache)
@@ -111,18 +124,17 @@ def _collate_history(histories: list[ModalityHistory], reference_times: list[int
                      modality: EventModality, cache: TextEmbeddingCache) -> ModalityBatch:
     windows = spec.history_windows(modality)
     window = 86_400.0 * modality.window_days
-    width = max(1, max(len(h) for h in histories))
-    ids = torch.zeros(len(histories), width, dtype=torch.long)
-    numeric = torch.zeros(len(histories), width, history_width(spec, modality))
-    mask = torch.zeros(len(histories), width, dtype=torch.bool)
-    for b, (past, ref) in enumerate(zip(histories, reference_times)):
+    ids, numeric = [], []
+    for past, ref in zip(histories, reference_times):
         n = min(len(past), modality.history_kinds)
-        if not n:
+        if not n:  # an empty history has no per-window columns at all
+            ids.append([])
+            numeric.append(np.zeros((0, history_width(spec, modality))))
             continue
-        columns = [[math.log1p(c) for c in past.counts[d][:n]] for d in windows]
-        columns += [[_signed_log(v) for v in past.sums[name][:n]] for name in modality.numeric_names]
-        columns += [[(ref - t) / window for t in past.last_seen[:n]], [(ref - t) / window for t in past.first_seen[:n]]]
-        ids[b, :n] = torch.tensor(cache.ids(list(past.kinds[:n])))
-        numeric[b, :n] = torch.tensor(columns, dtype=torch.float32).T
-        mask[b, :n] = True
-    return ModalityBatch(ids, numeric, torch.zeros(len(histories), width, 0), mask)
+        columns = [np.log1p(np.asarray(past.counts[d][:n], dtype=np.float64)) for d in windows]
+        columns += [_signed_log(np.asarray(past.sums[name][:n], dtype=np.float64)) for name in modality.numeric_names]
+        columns += [(ref - np.asarray(past.last_seen[:n], dtype=np.float64)) / window,
+                    (ref - np.asarray(past.first_seen[:n], dtype=np.float64)) / window]
+        ids.append(cache.ids(list(past.kinds[:n])))
+        numeric.append(np.stack(columns, axis=1))
+    return _modality_batch(ids, numeric, [np.zeros((len(r), 0)) for r in ids])

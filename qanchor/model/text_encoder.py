@@ -95,8 +95,12 @@ class TextEmbeddingCache:
         return out
 
     def ids(self, texts: list[str]) -> list[int]:
-        """Row index per text, encoding only texts never seen before."""
-        keys = [text_key(t) for t in texts]
+        """Row index per text, encoding only texts never seen before.
+
+        A text that is itself a stored kind is its own key (`text_key` is idempotent), so texts
+        already reduced to kinds (bundles, history views) skip the regex."""
+        index = self._index
+        keys = [t if t in index else text_key(t) for t in texts]
         new = list(dict.fromkeys(k for k in keys if k not in self._index))
         if new:
             self._rows.append(self.encode(new))
