@@ -8,7 +8,9 @@
 # LIMIT (seconds per process, 540), THREADS (CPU threads per process, 5), EXTRA (more quality.py
 # flags), PARA (a file of TASK=QUERY lines, each passed as --paraphrase).
 # WORK (default /tmp/qanchor-variants) keeps each run's trained model, and runs pass --reuse-trained:
-# a call cut during evaluation, repeated on the same warm device machine, only evaluates. (On the
+# a call cut during evaluation, repeated on the same warm device machine, only evaluates, and one
+# cut during training resumes from its last checkpoint (EXTRA="--checkpoint-every 250"). A run
+# folder copied to another NAME is reused too (e.g. prompt sweeps over one trained `full`). (On the
 # device tool /tmp outlives a call; the repo copy does not: a path carried once is gone from it in
 # the next call unless carried again, so stage multi-call uploads such as a split GGUF in /tmp.)
 # Leaves OUT/NAME.json (the table) and OUT/NAME/test_scores.pkl (for --compare) per run, so at

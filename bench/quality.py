@@ -28,9 +28,13 @@ comparable within one run:
   no_ntp               contrastive only (NTP weight 0)
   no_summary_tokens    events only: no [USER] / [MOD_m] tokens in the prefix
   no_pretraining       random-init encoders + backbone, then prompt tuning
-  data_10, data_25, data_50  pretraining on 10% / 25% / 50% of the train-split examples
-  tiny_4x256, tiny_8x512     the random-init backbone at 4 layers x 256 / 8 layers x 512 (2 x 128)
+  data_10, data_25, data_50  pretraining on 10% / 25% / 50% of the train-split examples (any data_<percent>)
+  tiny_4x256, tiny_8x512     the random-init backbone at 4 layers x 256 / 8 layers x 512 (2 x 128;
+                       any tiny_<layers>x<width>)
   batch_256            full at 256 rows a step (255 in-batch negatives each) instead of the config's 64
+                       (any batch_<rows>)
+  lr_3e-4, temp_0.1    full with every group's learning rate, or the contrastive temperature, set
+                       (any lr_<rate>, temp_<temperature>): the issue's sweeps without a variant each
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
 Variants combine with `+`: `by_question+uniform` applies both changes to the base config;
@@ -64,6 +68,8 @@ import gzip
 import hashlib
 import json
 import pickle
+import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -94,8 +100,10 @@ from training.evaluation.harness import (  # noqa: E402
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
 from training.pretrain import (  # noqa: E402
+    CHECKPOINT_DIR,
     PretrainConfig,
     fit,
+    latest_checkpoint,
     load_config,
     retrieval_batch_size,
     seed_everything,
@@ -105,9 +113,12 @@ VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "grouped",
             "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50", "tiny_4x256", "tiny_8x512",
             "batch_256")
-#: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes.
-MODEL_PARTS = {"no_history", "history_slots", "kinds", "readout", "wide", "no_summary_tokens", "tiny_4x256",
-               "tiny_8x512"}
+#: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
+#: (with any `tiny_<layers>x<width>`).
+MODEL_PARTS = {"no_history", "history_slots", "kinds", "readout", "wide", "no_summary_tokens"}
+_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
+#: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `lr_3e-4`, `temp_0.1`).
+VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
@@ -166,8 +177,13 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         elif part.startswith("tiny_"):
             layers, hidden = part.removeprefix("tiny_").split("x")
             cfg["model"]["backbone"].update(num_hidden_layers=int(layers), hidden_size=int(hidden))
-        elif part == "batch_256":
-            cfg["optim"]["batch_size"] = 256
+        elif part.startswith("batch_"):
+            cfg["optim"]["batch_size"] = int(part.removeprefix("batch_"))
+        elif part.startswith("lr_"):
+            rate = float(part.removeprefix("lr_"))
+            cfg["optim"].update(lr=rate, backbone_lr=rate)
+        elif part.startswith("temp_"):
+            cfg["model"]["loss"]["temperature"] = float(part.removeprefix("temp_"))
         elif part == "smollm2":
             cfg["model"]["backbone"]["name"] = "smollm2-135m"
         elif part not in ("full", "no_pretraining"):
@@ -183,9 +199,13 @@ def unknown_variants(variants: list[str]) -> list[str]:
     """Names `variant_config` cannot build; `no_pretraining` trains nothing, so it combines with
     the model-layout parts only."""
     known = {*VARIANTS, "smollm2"}
-    return sorted({v for v in variants if any(p not in known for p in variant_parts(v))
+
+    def shapes_model(part: str) -> bool:
+        return part in MODEL_PARTS or part.startswith("tiny_")
+
+    return sorted({v for v in variants if any(p not in known and not VALUE_PART.match(p) for p in variant_parts(v))
                    or ("no_pretraining" in variant_parts(v)
-                       and not set(variant_parts(v)) - {"no_pretraining"} <= MODEL_PARTS)})
+                       and not all(shapes_model(p) for p in set(variant_parts(v)) - {"no_pretraining"}))})
 
 
 def with_paraphrases(population: EvaluationPopulation, overrides: list[str]) -> EvaluationPopulation:
@@ -277,6 +297,8 @@ def load_bundle(folder: Path) -> tuple[Bundle, TextEmbeddingCache]:
 
 
 TRAINED_RECORD = "bench_trained_with.json"
+#: Beside a run's checkpoints: the config and bundle they belong to, so only the same run resumes.
+TRAINING_RECORD = "bench_training.json"
 
 
 def bundle_fingerprint(folder: Path) -> str:
@@ -296,10 +318,14 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
     The saved model carries a record of the config and bundle it was trained with, written after
     the weights, so a half-written folder never counts. With `reuse_from` (the bundle's
     fingerprint) a folder whose record matches is loaded instead of trained: a device call cut
-    during evaluation re-runs only the evaluation on the same machine."""
+    during evaluation re-runs only the evaluation on the same machine; one cut during training
+    resumes from its last checkpoint (`checkpoint_every`) when that run's record matches, so a
+    run longer than one call finishes over several calls to the same warm machine."""
     d = init_distributed()
-    folder = Path(cfg.output_dir) / "final"
-    record = {"config": cfg.model_dump(mode="json"), "bundle_sha256": reuse_from}
+    run = Path(cfg.output_dir)
+    folder = run / "final"
+    # Where a run writes is not part of what it trained: a copied run folder is reused too.
+    record = {"config": cfg.model_dump(mode="json", exclude={"output_dir", "tracking"}), "bundle_sha256": reuse_from}
     if reuse_from is not None and (folder / TRAINED_RECORD).is_file():
         if json.loads((folder / TRAINED_RECORD).read_text()) == record:
             print(f"  reusing {folder} (trained with this config and bundle)", flush=True)
@@ -307,11 +333,20 @@ def pretrain_from_bundle(cfg: PretrainConfig, spec: ModalitySpec, bundle: Bundle
         print(f"  {folder} was trained with another config or bundle: training again", flush=True)
     # An old record must not vouch for weights this run is about to overwrite.
     (folder / TRAINED_RECORD).unlink(missing_ok=True)
+    checkpoint = latest_checkpoint(run)
+    same_run = (run / TRAINING_RECORD).is_file() and json.loads((run / TRAINING_RECORD).read_text()) == record
+    if checkpoint is not None and reuse_from is not None and same_run:
+        print(f"  resuming from {checkpoint}", flush=True)
+    else:
+        checkpoint = None
+        shutil.rmtree(run / CHECKPOINT_DIR, ignore_errors=True)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / TRAINING_RECORD).write_text(json.dumps(record))
     seed_everything(cfg.seed)
     model = QAnchor.build(spec, cfg.model, seed=cfg.seed)
     model.cache = cache
     train = bundle.train[:cfg.data.max_train_examples]
-    accuracy = fit(model, InMemoryExamples(train), bundle.val, cfg, d)
+    accuracy = fit(model, InMemoryExamples(train), bundle.val, cfg, d, checkpoint=checkpoint)
     print(f"  retrieval accuracy {accuracy:.3f} (chance {1 / retrieval_batch_size(cfg, len(bundle.val)):.3f})", flush=True)
     folder = model.save_pretrained(folder)
     (folder / TRAINED_RECORD).write_text(json.dumps(record))
@@ -417,7 +452,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--reuse-trained", action="store_true",
                         help="With --bundle: evaluate OUT/runs/<variant>/final instead of pretraining when it was "
-                             "trained with this very config and bundle (re-run a call cut during evaluation).")
+                             "trained with this very config and bundle (re-run a call cut during evaluation), "
+                             "or resume that run's last checkpoint (a call cut during training).")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="Override the config's checkpoint_every (steps), so --reuse-trained can resume.")
     parser.add_argument("--results-name", help="bench/results/<name>.json (default: quality, or quality_compare "
                                                 "with --compare, so a pairing never replaces a run's table)")
     parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
@@ -442,10 +480,12 @@ def main() -> None:
     unknown = unknown_variants(variants)
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, 'smollm2']}, or join several "
-                     f"with '+' (no_pretraining only with {sorted(MODEL_PARTS)})")
+                     f"with '+' (no_pretraining only with {sorted(MODEL_PARTS)} or tiny_<layers>x<width>)")
     base = load_config(args.config)
     if args.seed is not None:
         base = base.model_copy(update={"seed": args.seed})
+    if args.checkpoint_every is not None:
+        base = PretrainConfig.model_validate({**base.model_dump(), "checkpoint_every": args.checkpoint_every})
     fingerprint = bundle_fingerprint(args.bundle) if args.reuse_trained else None
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
