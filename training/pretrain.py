@@ -364,7 +364,7 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
             if log_metrics is not None:
                 log_metrics(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['retrieval_acc']:.2f}",
-                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+                            tok_s=f"{metrics['tokens_per_s']:.0f}", collate=f"{metrics['collate_share']:.0%}")
             tick, tokens_since, collate_seconds = time.perf_counter(), 0.0, 0.0
         if d.main and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.optim.steps:
             _save_checkpoint(Path(cfg.output_dir) / CHECKPOINT_DIR / f"step-{step + 1}", model, optimizer, scheduler, step + 1)
