@@ -383,25 +383,55 @@ def load_test_scores(folder: Path) -> TestScores:
         return TestScores(**pickle.load(fh))
 
 
-def compare_saved(full_folder: Path, folders: list[Path], resamples: int) -> list[dict]:
-    """`versus_full` over saved variants: they must have scored the same test users as `full`."""
+def compare_saved(full_folder: Path, folders: list[Path], resamples: int, tasks: list[str] | None = None,
+                  versus: str | None = None) -> list[dict]:
+    """`versus_full` over saved variants: they must have scored the same test users as `full`.
+    With `versus` (a baseline method the saved scores hold, e.g. gbdt_history), each folder's
+    task query is also paired against that baseline on the same users."""
     results = {"full": load_test_scores(full_folder)}
     full_labels = results["full"].test_labels
+    unknown = sorted(set(tasks or ()) - set(full_labels))
+    if unknown:
+        raise SystemExit(f"--tasks names {unknown}, which {full_folder} did not score; it has {sorted(full_labels)}")
     for folder in folders:
         scores = load_test_scores(folder)
         if set(scores.test_labels) != set(full_labels) or any(
                 len(y) != len(full_labels[t]) or (y != full_labels[t]).any() for t, y in scores.test_labels.items()):
             raise SystemExit(f"{folder} scored other test users than {full_folder}: not comparable")
         results[folder.name] = scores
-    return versus_full(results, resamples)
+    rows = versus_full(results, resamples, tasks)
+    if versus is not None:
+        rows += versus_baseline(results, versus, resamples, tasks)
+    return rows
 
 
-def versus_full(results: dict, resamples: int) -> list[dict]:
+def _reliable(scores: TestScores, tasks: list[str] | None) -> list[str]:
+    """`tasks` (default: every task), less those with too few test positives to carry a mean."""
+    chosen = tasks or list(scores.test_labels)
+    return [t for t in chosen if t not in scores.unreliable] or chosen
+
+
+def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None) -> list[dict]:
+    """Each saved variant's task query minus `method`, paired on the same test users, with the
+    tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
+    out = []
+    for variant, scores in results.items():
+        if method not in scores.test_scores:
+            raise SystemExit(f"{variant} has no {method!r} scores; it has {sorted(scores.test_scores)}")
+        chosen = _reliable(scores, tasks)
+        d = paired_difference(scores.test_labels, chosen, scores.test_scores["qanchor_query"],
+                              scores.test_scores[method], resamples)
+        out.append({**difference_row(variant, f"qanchor_query - {method}", d),
+                    "ahead": f"{d['tasks_ahead']} of {d['tasks']}"})
+    return out
+
+
+def versus_full(results: dict, resamples: int, tasks: list[str] | None = None) -> list[dict]:
     """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users,
     with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
     zero: a mean can hide one task a change breaks."""
     full = results["full"]
-    tasks = [t for t in full.test_labels if t not in full.unreliable] or list(full.test_labels)
+    tasks = _reliable(full, tasks)
     out = []
     for variant, result in results.items():
         if variant != "full":
@@ -462,13 +492,17 @@ def main() -> None:
                         help="Train nothing: pair saved variants (OUT/<variant> folders, e.g. trained in parallel "
                              "processes) with --full-scores, and write the difference table.")
     parser.add_argument("--full-scores", type=Path, help="With --compare: the full variant's folder (OUT/full).")
+    parser.add_argument("--versus", metavar="METHOD",
+                        help="With --compare: also pair each folder's task query with this baseline (gbdt_history).")
+    parser.add_argument("--tasks", help="With --compare: comma-separated tasks the means run over (default: all).")
     args = parser.parse_args()
     if args.compare:
         if args.full_scores is None:
             parser.error("--compare needs --full-scores OUT/full")
-        rows = compare_saved(args.full_scores, args.compare, args.resamples)
+        tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
+        rows = compare_saved(args.full_scores, args.compare, args.resamples, tasks, args.versus)
         emit(args.results_name or "quality_compare", rows,
-             {"full": str(args.full_scores), "compared": [str(c) for c in args.compare]})
+             {"full": str(args.full_scores), "compared": [str(c) for c in args.compare], "tasks": tasks or "all"})
         return
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")

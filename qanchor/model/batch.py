@@ -38,8 +38,13 @@ class ModalityBatch:
     time: torch.Tensor      # [B, N, 3] float
     mask: torch.Tensor      # [B, N] bool
 
-    def to(self, device: torch.device | str) -> ModalityBatch:
-        return ModalityBatch(*(t.to(device) for t in (self.ids, self.numeric, self.time, self.mask)))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ModalityBatch:
+        """On `device`; with `non_blocking` the host tensors are pinned first, so the copy is queued
+        behind the accelerator's work instead of waiting for it (a pageable copy waits)."""
+        tensors = (self.ids, self.numeric, self.time, self.mask)
+        if non_blocking:
+            tensors = tuple(t.pin_memory() for t in tensors)
+        return ModalityBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors))
 
 
 def numeric_width(spec: ModalitySpec, modality: str) -> int:
