@@ -12,7 +12,7 @@ from scipy.stats import ks_2samp
 from conftest import AS_OF
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import collate_users
-from qanchor.scenario import ScenarioPrompt, kmeans_prototypes, ks_statistic, prototypical_loss
+from qanchor.scenario import LoadedScenario, ScenarioPrompt, ScoringSpace, kmeans_prototypes, ks_statistic, prototypical_loss
 
 
 def test_ks_statistic_matches_scipy():
@@ -48,6 +48,64 @@ def test_prototypes_learn_a_separable_task():
     assert prototypical_loss(prompt, x, y, temperature=0.1).item() < first / 4
     accuracy = (prompt.probabilities(x, 0.1).argmax(1) == y).float().mean()
     assert accuracy > 0.95
+
+
+def _anisotropic_task(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings as a trained backbone gives them: one direction shared by every user, a noisy
+    nuisance direction the class means also differ along, and the class signal in a quiet one."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.2).astype(int)
+    x = rng.normal(0, 0.02, (n, 16))
+    x[:, 0] += 1.0                                          # shared by everyone
+    x[:, 1] += rng.normal(0, 0.5, n) + 0.15 * y             # nuisance: large spread, small shift
+    x[:, 2] += 0.03 * y                                     # signal: small spread, clear shift
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
+def _prototype_auc(space: ScoringSpace, x_train, y_train, x_test, y_test) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    centroids, owners = kmeans_prototypes(space.apply_numpy(x_train), y_train, per_class=1)
+    prompt = ScenarioPrompt(0, 16, centroids, owners, space=space)
+    with torch.no_grad():
+        return roc_auc_score(y_test, prompt.probabilities(torch.from_numpy(x_test).float(), 0.1)[:, 1].numpy())
+
+
+def test_whitened_class_means_score_like_a_logistic_probe_where_raw_cosine_does_not():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x_train, y_train = _anisotropic_task(2000, 0)
+    x_test, y_test = _anisotropic_task(2000, 1)
+    probe = roc_auc_score(y_test, LogisticRegression(C=100, max_iter=2000).fit(x_train, y_train).decision_function(x_test))
+    whitened = _prototype_auc(ScoringSpace.fit(x_train), x_train, y_train, x_test, y_test)
+    raw = _prototype_auc(ScoringSpace.identity(16), x_train, y_train, x_test, y_test)
+    assert whitened > probe - 0.02
+    assert raw < whitened - 0.1
+
+
+def test_a_scoring_space_needs_embeddings_of_the_prototypes_width():
+    with pytest.raises(ValueError, match="at least two embeddings"):
+        ScoringSpace.fit(np.zeros((1, 8)))
+    with pytest.raises(ValueError, match="8-dimensional embeddings, the prototypes are 16-dimensional"):
+        ScenarioPrompt(0, 16, torch.randn(2, 16), torch.tensor([0, 1]), space=ScoringSpace.identity(8))
+
+
+def test_a_scenario_saved_without_a_scoring_space_scores_in_the_raw_space(tmp_path):
+    """Scenario versions registered before the scoring space existed keep their scores."""
+    import json
+
+    from safetensors.torch import save_file
+
+    prototypes, owners = F.normalize(torch.randn(2, 16), dim=-1), torch.tensor([0, 1])
+    save_file({"prototypes": prototypes, "prototype_classes": owners}, str(tmp_path / "prompt.safetensors"))
+    (tmp_path / "scenario.json").write_text(json.dumps({"name": "old", "query": "q?", "zero_shot": False,
+                                                        "backbone_version": "1", "classes": ["no", "yes"],
+                                                        "temperature": 0.1}))
+    loaded = LoadedScenario.from_folder(tmp_path)
+    x = F.normalize(torch.randn(5, 16), dim=-1)
+    raw = (x @ prototypes.T / 0.1).softmax(dim=-1)
+    assert torch.allclose(loaded.prompt.probabilities(x, 0.1), raw, atol=1e-6)
 
 
 def test_soft_prompt_changes_the_embedding_but_never_the_user_prefix(spec, sqlite_store, dataset):

@@ -4,8 +4,9 @@ archiving registered scenarios is `training.registry`'s job (it needs no Feast).
 
 A scenario version's artifact folder (`scenario/`) holds `scenario.json` (name, query, zero-shot
 flag, class ids, temperature, backbone version, metrics) and, for tuned scenarios,
-`prompt.safetensors` (`prompt` [k, hidden], `prototypes` [P, D], `prototype_classes` [P]). The
-registry entry is created last, after every artifact is logged: a failure leaves no version.
+`prompt.safetensors` (`prompt` [k, hidden], `prototypes` [P, D], `prototype_classes` [P], the
+scoring space's `center` [D] and `whitening` [D, D]). The registry entry is created last, after
+every artifact is logged: a failure leaves no version.
 
 Tuning returns the better of its best tuned state and the query-only starting point on
 validation (`TuningResult.chosen`); the version records which (`state` tag and
@@ -97,7 +98,9 @@ def register_scenario(name: str, query: str, store: UserFeatureStore, labels: pd
             meta["metrics"], meta["state"], warnings = result.metrics, result.chosen, result.warnings
             meta["tokens"] = 0 if result.prompt.prompt is None else int(result.prompt.prompt.shape[0])
             tensors = {"prototypes": result.prompt.prototypes.detach().cpu().contiguous(),
-                       "prototype_classes": result.prompt.prototype_classes.cpu().contiguous()}
+                       "prototype_classes": result.prompt.prototype_classes.cpu().contiguous(),
+                       "center": result.prompt.center.cpu().contiguous(),
+                       "whitening": result.prompt.whitening.cpu().contiguous()}
             if result.prompt.prompt is not None:
                 tensors["prompt"] = result.prompt.prompt.detach().cpu().contiguous()
             save_file(tensors, str(folder / "prompt.safetensors"))
