@@ -65,6 +65,10 @@ class EvaluationSettings(BaseModel):
     prompt_tuning: bool = True
     tune_steps: int = Field(default=150, gt=0)
     tokens: int = Field(default=6, ge=1, le=64)
+    #: Passed to `TuningSettings`: the scenario's scoring space and prototypes per class, so the
+    #: served prototype scorer can be compared with its earlier form (bench/scenario_scoring.py).
+    whiten: bool = True
+    prototypes_per_class: int = Field(default=1, ge=1)
     resamples: int = Field(default=1000, ge=10)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
@@ -270,7 +274,8 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
         start = time.perf_counter()
         fit_rows = np.concatenate([parts.train, parts.val])
         split = (np.arange(len(parts.train)), np.arange(len(parts.train), len(fit_rows)))
-        tuning = TuningSettings(tokens=settings.tokens, steps=settings.tune_steps, seed=settings.seed)
+        tuning = TuningSettings(tokens=settings.tokens, steps=settings.tune_steps, seed=settings.seed,
+                                whiten=settings.whiten, prototypes_per_class=settings.prototypes_per_class)
         for i, (task, y) in enumerate(labels.items()):
             bar.set_postfix(task=task)
             result = tune(model, [users[r] for r in fit_rows], [times[r] for r in fit_rows], y[fit_rows],
