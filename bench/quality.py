@@ -31,8 +31,8 @@ comparable within one run:
   data_10, data_25, data_50  pretraining on 10% / 25% / 50% of the train-split examples (any data_<percent>)
   tiny_4x256, tiny_8x512     the random-init backbone at 4 layers x 256 / 8 layers x 512 (2 x 128;
                        any tiny_<layers>x<width>)
-  batch_256            full at 256 rows a step (255 in-batch negatives each) instead of the config's 64
-                       (any batch_<rows>)
+  batch_256            full at 256 rows a step (255 in-batch negatives each); any batch_<rows>, e.g.
+                       batch_64, the GPU config's size before the second scale run
   lr_3e-4, temp_0.1    full with every group's learning rate, or the contrastive temperature, set
                        (any lr_<rate>, temp_<temperature>): the issue's sweeps without a variant each
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)

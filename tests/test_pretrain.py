@@ -88,8 +88,9 @@ def test_run_is_tracked_in_mlflow(trained):
     run = MlflowClient(cfg.tracking.uri).get_run(summary["run_id"])
     assert run.data.params["model.loss.temperature"] == "0.05"
     assert run.data.params["feature_service"] == "userU"
-    for metric in ("loss", "contrastive", "ntp", "retrieval_acc", "tokens_per_s", "val_retrieval_acc"):
+    for metric in ("loss", "contrastive", "ntp", "retrieval_acc", "tokens_per_s", "collate_share", "val_retrieval_acc"):
         assert metric in run.data.metrics
+    assert 0.0 < run.data.metrics["collate_share"] < 1.0
     history = MlflowClient(cfg.tracking.uri).get_metric_history(summary["run_id"], "loss")
     assert len(history) == STEPS // 3
 
