@@ -45,15 +45,18 @@ class ScoringSpace:
     def fit(cls, embeddings: np.ndarray) -> ScoringSpace:
         """Mean and ZCA whitening of a scenario's labelled training embeddings. The covariance is
         Ledoit-Wolf shrunk: a scenario may label fewer users than the embedding has dimensions,
-        and a plain sample covariance would then be singular."""
+        and a plain sample covariance would then be singular. Directions with less than 1e-6 of
+        the largest variance are scaled as if they had that much, so an unseen user's component
+        along a direction the labelled users never vary in cannot dominate its scores."""
         from sklearn.covariance import LedoitWolf
 
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"fitting a scoring space needs at least two embeddings, got shape {x.shape}")
-        covariance = LedoitWolf().fit(x).covariance_
-        values, vectors = np.linalg.eigh(covariance)
-        whitening = vectors @ np.diag(1.0 / np.sqrt(np.maximum(values, 1e-12 * values.max()))) @ vectors.T
+        values, vectors = np.linalg.eigh(LedoitWolf().fit(x).covariance_)
+        if values.max() <= 0:  # every labelled user has the same vector: nothing to whiten
+            return cls(torch.from_numpy(x.mean(0)).float(), torch.eye(x.shape[1]))
+        whitening = vectors @ np.diag(1.0 / np.sqrt(np.maximum(values, 1e-6 * values.max()))) @ vectors.T
         return cls(torch.from_numpy(x.mean(0)).float(), torch.from_numpy(whitening).float())
 
     def apply(self, embeddings: torch.Tensor) -> torch.Tensor:

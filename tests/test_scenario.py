@@ -87,6 +87,8 @@ def test_whitened_class_means_score_like_a_logistic_probe_where_raw_cosine_does_
 def test_a_scoring_space_needs_embeddings_of_the_prototypes_width():
     with pytest.raises(ValueError, match="at least two embeddings"):
         ScoringSpace.fit(np.zeros((1, 8)))
+    identical = ScoringSpace.fit(np.ones((5, 8)))  # no spread to whiten: finite, not a division by zero
+    assert torch.equal(identical.whitening, torch.eye(8)) and torch.isfinite(identical.apply(torch.ones(2, 8))).all()
     with pytest.raises(ValueError, match="8-dimensional embeddings, the prototypes are 16-dimensional"):
         ScenarioPrompt(0, 16, torch.randn(2, 16), torch.tensor([0, 1]), space=ScoringSpace.identity(8))
 
