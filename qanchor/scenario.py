@@ -2,10 +2,11 @@
 
 A scenario adds k learnable vectors after the user prefix and before the query, so the prefix
 (and its KV cache) stays shared across scenarios, and a set of class prototypes in embedding
-space. Prototypes start from k-means on the scenario's labelled training embeddings and are
-trained with a prototypical contrastive loss: an embedding is pulled towards its own class's
-prototypes and pushed from the others. Scores are softmax probabilities over classes, each
-class's evidence being the log-sum-exp of its prototypes' similarities.
+space. Prototypes start as k-means centroids of each class's labelled training embeddings (by
+default one per class: the class mean) and are trained with a prototypical contrastive loss: an
+embedding is pulled towards its own class's prototypes and pushed from the others. Scores are
+softmax probabilities over classes, each class's evidence being the log-sum-exp of its
+prototypes' similarities.
 
 Similarities are taken in the scenario's *scoring space*: the embedding minus the mean of the
 scenario's labelled users, whitened with their (shrunk) covariance, then L2-normalised. Why: the

@@ -5,7 +5,7 @@ validation, embedded with the scenario query, and the prompt and prototypes are 
 prototypical contrastive loss while every backbone and encoder weight stays frozen. Validation
 AUC is checked every `eval_every` steps; the best state is kept and training stops after
 `patience` checks without improvement. The same split also scores the query-only version
-(no prompt, prototypes from k-means alone), the starting point of tuning and one of the
+(no prompt, class-mean prototypes alone), the starting point of tuning and one of the
 candidate states: when no tuned state beats it on validation, the query-only state is what
 tuning returns (`TuningResult.chosen`), so a registration can never ship a prompt worse than
 not tuning at all. A validation split with fewer than `MIN_VAL_POSITIVES` users of its rarest
@@ -65,7 +65,7 @@ class TuningResult:
     """What tuning returns: the state to register and how it compares with the query-only one.
 
     `chosen` is "tuned" when the best tuned state beat query-only on validation AUC, else
-    "query_only" (then `prompt` carries no soft-prompt vectors, only the k-means prototypes).
+    "query_only" (then `prompt` carries no soft-prompt vectors, only the initial prototypes).
     """
 
     prompt: ScenarioPrompt
