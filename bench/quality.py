@@ -94,6 +94,7 @@ from training.evaluation.harness import (  # noqa: E402
     EvaluationSettings,
     evaluate,
     paired_difference,
+    reliable_tasks,
     score_baselines,
     task_labels,
 )
@@ -405,12 +406,6 @@ def compare_saved(full_folder: Path, folders: list[Path], resamples: int, tasks:
     return rows
 
 
-def _reliable(scores: TestScores, tasks: list[str] | None) -> list[str]:
-    """`tasks` (default: every task), less those with too few test positives to carry a mean."""
-    chosen = tasks or list(scores.test_labels)
-    return [t for t in chosen if t not in scores.unreliable] or chosen
-
-
 def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None) -> list[dict]:
     """Each saved variant's task query minus `method`, paired on the same test users, with the
     tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
@@ -418,7 +413,7 @@ def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str]
     for variant, scores in results.items():
         if method not in scores.test_scores:
             raise SystemExit(f"{variant} has no {method!r} scores; it has {sorted(scores.test_scores)}")
-        chosen = _reliable(scores, tasks)
+        chosen = reliable_tasks(tasks or list(scores.test_labels), scores.unreliable)
         d = paired_difference(scores.test_labels, chosen, scores.test_scores["qanchor_query"],
                               scores.test_scores[method], resamples)
         out.append({**difference_row(variant, f"qanchor_query - {method}", d),
@@ -431,7 +426,7 @@ def versus_full(results: dict, resamples: int, tasks: list[str] | None = None) -
     with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
     zero: a mean can hide one task a change breaks."""
     full = results["full"]
-    tasks = _reliable(full, tasks)
+    tasks = reliable_tasks(tasks or list(full.test_labels), full.unreliable)
     out = []
     for variant, result in results.items():
         if variant != "full":

@@ -31,7 +31,7 @@ from _report import emit  # noqa: E402
 from quality import load_bundle, load_trained, variant_spec  # noqa: E402
 
 from qanchor.model import QAnchor  # noqa: E402
-from training.evaluation.harness import EvaluationSettings, evaluate, paired_difference  # noqa: E402
+from training.evaluation.harness import EvaluationSettings, evaluate, paired_difference, reliable_tasks  # noqa: E402
 from training.evaluation.population import EvaluationPopulation  # noqa: E402
 from training.pretrain import load_config  # noqa: E402
 
@@ -86,7 +86,7 @@ def main() -> None:
                      "seconds": time.perf_counter() - start})
         scores[label] = result
     before, now = (scores[label] for label, _, _ in SCORERS)
-    tasks = [t for t in now.test_labels if t not in now.unreliable] or list(now.test_labels)
+    tasks = reliable_tasks(list(now.test_labels), now.unreliable)
     d = paired_difference(now.test_labels, tasks, now.test_scores["qanchor_prompt_proto"],
                           before.test_scores["qanchor_prompt_proto"], args.resamples)
     rows.append({"scorer": "now - before (prototypes, paired)", "prototype_auc": d["auc_diff"],

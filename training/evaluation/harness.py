@@ -156,6 +156,11 @@ def _comparisons(scores: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
     return rows
 
 
+def reliable_tasks(tasks: list[str], unreliable: list[str]) -> list[str]:
+    """`tasks` less those with too few test positives to carry a mean (all of them if none is left)."""
+    return [t for t in tasks if t not in unreliable] or list(tasks)
+
+
 def paired_difference(labels: dict[str, np.ndarray], tasks: list[str], ours: dict[str, np.ndarray],
                       theirs: dict[str, np.ndarray], resamples: int, seed: int = 0) -> dict:
     """Mean-over-`tasks` AUC and KS of `ours` minus `theirs` (test scores per task, same users), with
@@ -294,7 +299,7 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
     bar.close()
     test_labels = {t: y[parts.test] for t, y in labels.items()}
     unreliable = [t for t, y in test_labels.items() if y.sum() < MIN_TEST_POSITIVES]
-    reliable = [t for t in test_labels if t not in unreliable] or list(test_labels)
+    reliable = reliable_tasks(list(test_labels), unreliable)
     rows, summary = _score_table(scores, test_labels, reliable, settings.resamples, settings.seed)
     comparisons = _comparisons(scores, test_labels, reliable, summary, settings.resamples, settings.seed)
     return EvaluationResult(rows, summary, test_labels, embeddings, seconds, geometry, comparisons, unreliable,
