@@ -12,6 +12,8 @@ comparable within one run:
   history_slots        full with 4 attention-slot [HIST_m] tokens per modality (history_slots 4)
   kinds                full plus each history modality's 24 most frequent kinds as tokens of their own
                        (history_kind_tokens 24)
+  buckets              full plus each history modality's kinds hashed into 128 fixed buckets read by
+                       an MLP into its [HIST_m] token (history_buckets 128)
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   by_question          full with batches grouping 16 users under each question (users_per_question 16)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
@@ -110,13 +112,13 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "grouped", "by_question", "uniform", "readout",
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question", "uniform", "readout",
             "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50", "tiny_4x256", "tiny_8x512",
             "batch_256")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
 #: (with any `tiny_<layers>x<width>`).
-MODEL_PARTS = {"no_history", "history_slots", "kinds", "readout", "wide", "no_summary_tokens"}
+MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "readout", "wide", "no_summary_tokens"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `lr_3e-4`, `temp_0.1`).
 VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
@@ -124,6 +126,9 @@ VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|lr_{_NUMBER}|temp
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
 KIND_TOKENS = 24
+#: Hash buckets per history modality in the `buckets` variant: about twice the distinct kinds of
+#: the bill stream on the 100k-user population, so few of a user's kinds collide.
+HISTORY_BUCKETS = 128
 
 
 def train_examples(dataset: Path) -> int:
@@ -147,6 +152,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["history_slots"] = 4
         elif part == "kinds":
             cfg["model"]["history_kind_tokens"] = KIND_TOKENS
+        elif part == "buckets":
+            cfg["model"]["history_buckets"] = HISTORY_BUCKETS
         elif part == "grouped":
             cfg["data"]["queries_per_user"] = 4
         elif part == "by_question":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from conftest import AS_OF
 from qanchor.model import BackboneSettings, ModelSettings, QAnchor
-from qanchor.model.batch import collate_users, history_key
+from qanchor.model.batch import collate_users, history_key, kind_hash
 from qanchor.model.text_encoder import TextEmbeddingCache
 
 REF = int(pd.Timestamp(AS_OF).timestamp())
@@ -166,6 +167,59 @@ def test_a_kind_token_holds_that_kinds_recency_and_nothing_else_moves(with_kinds
     others = torch.ones(encoded.kinds.shape[1], dtype=torch.bool)
     others[first] = False
     torch.testing.assert_close(encoded.kinds[0, others], encoded.kinds[1, others], atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def bucketed(spec):
+    """Each history modality's kinds also hashed into 32 fixed buckets."""
+    return QAnchor.build(spec, ModelSettings(history_buckets=32), seed=0)
+
+
+def _with_plan_payment(user, days_ago: int):
+    """`user` with one extra quarterly-plan payment `days_ago` days before REF in its bill history."""
+    past = user.history["bill"]
+    paid = REF - days_ago * 86_400
+    plan = replace(past, kinds=past.kinds + (PLAN_KIND,),
+                   counts={d: v + ((1,) if d >= days_ago else (0,)) for d, v in past.counts.items()},
+                   sums={n: v + (300.0,) for n, v in past.sums.items()},
+                   last_seen=past.last_seen + (paid,), first_seen=past.first_seen + (paid,), events=past.events + 1)
+    return replace(user, history={**user.history, "bill": plan})
+
+
+PLAN_KIND = "paid #.## at homeshield property fee, quarterly plans"
+
+
+def test_kind_hash_is_the_crc32_of_the_kind_text():
+    """The same kind lands in the same bucket in every process: a saved model must find it there."""
+    assert kind_hash(PLAN_KIND) == zlib.crc32(PLAN_KIND.encode("utf-8"))
+    assert kind_hash("searched #") != kind_hash("searched # ")
+
+
+def test_history_buckets_hold_one_old_kinds_recency_at_its_own_bucket(bucketed, users):
+    """A plan paid 80 days ago and one paid 10 days ago differ in exactly one bucket of the bill
+    table (the plan kind's), so the bill history token differs and no other modality's does."""
+    early, late = _with_plan_payment(users[0], 80), _with_plan_payment(users[0], 10)
+    batch = collate_users([early, late], [REF, REF], bucketed.spec, bucketed.cache)
+    bill = batch[history_key("bill")]
+    assert bill.hashes[0, len(early.history["bill"]) - 1] == kind_hash(PLAN_KIND)
+    buckets = bucketed.network.user_encoder.buckets["bill"]
+    table = buckets.table(bill.numeric, bill.hashes, bill.mask)
+    differs = (table[0] != table[1]).any(-1).nonzero().flatten().tolist()
+    assert differs == [kind_hash(PLAN_KIND) % buckets.buckets]
+    encoded = bucketed.network.user_encoder(batch, bucketed.cache.table())
+    names = [m.name for m in bucketed.spec.history_modalities]
+    moved = [(encoded.history[0, i] - encoded.history[1, i]).abs().max().item() > 1e-5 for i in range(len(names))]
+    assert moved == [name == "bill" for name in names]
+
+
+def test_history_buckets_round_trip_and_need_history_tokens(bucketed, users, tmp_path):
+    queries = ["will this user renew a quarterly plan?"]
+    before = bucketed.embed(users, queries, reference_time=REF)
+    loaded = QAnchor.from_pretrained(bucketed.save_pretrained(tmp_path / "model"))
+    assert loaded.settings.history_buckets == 32
+    assert (loaded.embed(users, queries, reference_time=REF) == before).all()
+    with pytest.raises(ValueError, match="history_buckets: 8 shape the history tokens"):
+        ModelSettings(history_tokens=False, history_buckets=8)
 
 
 def test_history_tokens_carry_events_that_fell_off_the_event_sequence(tiny, users):

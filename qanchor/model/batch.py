@@ -6,12 +6,15 @@ rendered "name: value", or "name: not provided" when missing): text-embedding ro
 
 Per modality with a history (under `history_key(name)`): one row per event kind with its
 text-embedding id and, as numeric features, log counts over each history window, signed-log
-sums of the numeric fields, and the recency of its last and first event within the window.
+sums of the numeric fields, and the recency of its last and first event within the window; and
+each kind's stable hash (`kind_hash`), which places it in a fixed bucket for `history_buckets`.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -37,14 +40,23 @@ class ModalityBatch:
     numeric: torch.Tensor   # [B, N, F] float
     time: torch.Tensor      # [B, N, 3] float
     mask: torch.Tensor      # [B, N] bool
+    #: [B, N] long, each row's `kind_hash` (history batches only; None for event sequences).
+    hashes: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ModalityBatch:
         """On `device`; with `non_blocking` the host tensors are pinned first, so the copy is queued
         behind the accelerator's work instead of waiting for it (a pageable copy waits)."""
-        tensors = (self.ids, self.numeric, self.time, self.mask)
+        tensors = (self.ids, self.numeric, self.time, self.mask, self.hashes)
         if non_blocking:
-            tensors = tuple(t.pin_memory() for t in tensors)
-        return ModalityBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors))
+            tensors = tuple(None if t is None else t.pin_memory() for t in tensors)
+        return ModalityBatch(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in tensors))
+
+
+@lru_cache(maxsize=1 << 16)
+def kind_hash(kind: str) -> int:
+    """A kind's bucket seed: CRC-32 of its text, the same in every process and on every machine
+    (Python's `hash` is salted per process), so a saved model finds each kind where it learnt it."""
+    return zlib.crc32(kind.encode("utf-8"))
 
 
 def numeric_width(spec: ModalitySpec, modality: str) -> int:
@@ -75,16 +87,23 @@ def _padded(rows: list[np.ndarray], width: int, dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def _modality_batch(ids: list[list[int]], numeric: list[np.ndarray], time: list[np.ndarray]) -> ModalityBatch:
+def _flat(rows: list[list[int]], mask: np.ndarray) -> torch.Tensor:
+    """Per-user integer lists laid out in the padded [B, N] shape of `mask` (0 where padded)."""
+    out = np.zeros(mask.shape, dtype=np.int64)
+    out[mask] = np.fromiter((i for row in rows for i in row), dtype=np.int64, count=int(mask.sum()))
+    return torch.from_numpy(out)
+
+
+def _modality_batch(ids: list[list[int]], numeric: list[np.ndarray], time: list[np.ndarray],
+                    hashes: list[list[int]] | None = None) -> ModalityBatch:
     """Per-user id lists and [n, F] feature rows as one padded batch (width >= 1, so an all-empty
     modality still has a masked slot)."""
     lengths = np.array([len(r) for r in ids], dtype=np.int64)
     width = max(1, int(lengths.max(initial=0)))
     mask = np.arange(width)[None, :] < lengths[:, None]
-    flat_ids = np.zeros((len(ids), width), dtype=np.int64)
-    flat_ids[mask] = np.fromiter((i for row in ids for i in row), dtype=np.int64, count=int(lengths.sum()))
-    return ModalityBatch(torch.from_numpy(flat_ids), torch.from_numpy(_padded(numeric, width, np.float32)),
-                         torch.from_numpy(_padded(time, width, np.float32)), torch.from_numpy(mask))
+    return ModalityBatch(_flat(ids, mask), torch.from_numpy(_padded(numeric, width, np.float32)),
+                         torch.from_numpy(_padded(time, width, np.float32)), torch.from_numpy(mask),
+                         None if hashes is None else _flat(hashes, mask))
 
 
 def _event_rows(events: ModalityEvents, modality: EventModality, ref: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -129,9 +148,10 @@ def _collate_history(histories: list[ModalityHistory], reference_times: list[int
                      modality: EventModality, cache: TextEmbeddingCache) -> ModalityBatch:
     windows = spec.history_windows(modality)
     window = 86_400.0 * modality.window_days
-    ids, numeric = [], []
+    ids, numeric, hashes = [], [], []
     for past, ref in zip(histories, reference_times):
         n = min(len(past), modality.history_kinds)
+        hashes.append([kind_hash(k) for k in past.kinds[:n]])
         if not n:  # an empty history has no per-window columns at all
             ids.append([])
             numeric.append(np.zeros((0, history_width(spec, modality))))
@@ -142,4 +162,4 @@ def _collate_history(histories: list[ModalityHistory], reference_times: list[int
                     (ref - np.asarray(past.first_seen[:n], dtype=np.float64)) / window]
         ids.append(cache.ids(list(past.kinds[:n])))
         numeric.append(np.stack(columns, axis=1))
-    return _modality_batch(ids, numeric, [np.zeros((len(r), 0)) for r in ids])
+    return _modality_batch(ids, numeric, [np.zeros((len(r), 0)) for r in ids], hashes)

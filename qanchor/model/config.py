@@ -105,8 +105,22 @@ class ModelSettings(_Config):
     #: at once. 0 = off. Costs up to k tokens per history modality in the prefix (the user's kinds
     #: only, so fewer for most users); they come from the features alone, so the prefix stays cacheable.
     history_kind_tokens: int = Field(default=0, ge=0, le=64)
+    #: Each history modality's kinds are also hashed (CRC-32 of the kind's text) into this many
+    #: fixed buckets, and an MLP over the bucket table (counts, sums, recency per bucket) adds to
+    #: its `[HIST_m]` token (`qanchor.model.modeling.KindBuckets`): one kind's recency sits at a
+    #: fixed input coordinate instead of being picked out of a set by its text. 0 = off. Adds no
+    #: prefix tokens; reads the features alone, so the prefix stays cacheable.
+    history_buckets: int = Field(default=0, ge=0, le=1024)
     #: The `<USER_EMB>` state also attends over the user's summary tokens before the projection
     #: (`qanchor.model.modeling.SummaryReadout`), so the query can pick out a modality's or a
     #: history's summary instead of reading it through the decoder's mix of every prefix token.
     summary_readout: bool = False
     loss: LossSettings = LossSettings()
+
+    @model_validator(mode="after")
+    def _history_options_need_history(self) -> ModelSettings:
+        options = {name: getattr(self, name) for name in ("history_slots", "history_kind_tokens", "history_buckets")}
+        used = [f"{name}: {value}" for name, value in options.items() if value]
+        if used and not self.history_tokens:
+            raise ValueError(f"{', '.join(used)} shape the history tokens, which history_tokens: false turns off")
+        return self

@@ -94,10 +94,44 @@ class SlotPooling(nn.Module):
         return pooled * mask.any(1).view(-1, 1, 1)
 
 
+class KindBuckets(nn.Module):
+    """A history modality's kinds at fixed coordinates: each kind's row (window counts, sums,
+    recency) goes to bucket `kind_hash % buckets` (the hashing trick; colliding kinds keep the
+    elementwise max, plus a presence channel), and an MLP reads the flattened table.
+
+    Why: a pooled set of kind vectors (mean, max or attention) must pick a kind out by its text
+    before it can pass on that kind's recency, and the trained embedding never learnt to (a plan
+    renewal is one payment 60-90 days ago: docs/benchmarks.md, issue 17). Here "the recency of
+    the kind in bucket 17" is one input coordinate for every user, as a column is to LightGBM on
+    the same history view, so the network can read it the way it reads a total.
+    """
+
+    def __init__(self, buckets: int, width: int, inner: int, hidden: int):
+        super().__init__()
+        self.buckets = buckets
+        self.mlp = _mlp(buckets * (width + 1), inner, hidden)
+
+    def table(self, numeric: torch.Tensor, hashes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """numeric [B, K, F], hashes [B, K], mask [B, K] -> the bucket table [B, buckets, F + 1];
+        an empty bucket (and an empty history) reads all zeros."""
+        rows = torch.cat([numeric, torch.ones_like(numeric[..., :1])], dim=-1) * mask.unsqueeze(-1)
+        index = (hashes % self.buckets).unsqueeze(-1).expand_as(rows)
+        empty = rows.new_zeros(rows.shape[0], self.buckets, rows.shape[-1])
+        return empty.scatter_reduce(1, index, rows, reduce="amax", include_self=True)
+
+    def forward(self, numeric: torch.Tensor, hashes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """-> [B, H]."""
+        return self.mlp(self.table(numeric, hashes, mask).flatten(1))
+
+
 class HierarchicalUserEncoder(nn.Module):
     """Events -> event tokens (per-modality MLP); masked mean -> modality tokens (shared adapter);
     per-kind history rows -> kind vectors (per-modality MLP), pooled -> history tokens (history
     adapter); mean over present summaries -> user token (user adapter).
+
+    `buckets` B > 0: each history modality's kinds are also hashed into B fixed buckets
+    (`KindBuckets`), whose reading is added to every history token of that modality before the
+    history adapter; the prefix keeps its length.
 
     History pooling, `history_slots` = 0: mean and max over the kinds, one token per modality
     (max keeps a rare kind seen once months ago visible next to the frequent ones). k > 0: k
@@ -107,7 +141,8 @@ class HierarchicalUserEncoder(nn.Module):
     """
 
     def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, history: bool = True,
-                 history_slots: int = 0, kind_tokens: int = 0, text_dim: int = TextEmbeddingCache.dim):
+                 history_slots: int = 0, kind_tokens: int = 0, buckets: int = 0,
+                 text_dim: int = TextEmbeddingCache.dim):
         super().__init__()
         self.names = spec.names
         self.history_names = tuple(m.name for m in spec.history_modalities) if history else ()
@@ -132,6 +167,10 @@ class HierarchicalUserEncoder(nn.Module):
                 self.history_pool = nn.Linear(2 * hidden, hidden)
             self.history_adapter = _adapter(hidden)
         self.kind_adapter = _adapter(hidden) if self.kind_width else None
+        self.buckets = nn.ModuleDict({
+            name: KindBuckets(buckets, history_width(spec, spec.modality(name)), event_hidden, hidden)
+            for name in self.history_names
+        }) if buckets else None
 
     def _pool_history(self, index: int, kinds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, K, H] kind vectors -> [B, history_width, H]."""
@@ -156,7 +195,12 @@ class HierarchicalUserEncoder(nn.Module):
         for index, name in enumerate(self.history_names):
             hb = batch[history_key(name)]
             kinds = self.history_mlps[name](torch.cat([text_table[hb.ids], hb.numeric], dim=-1))
-            pooled.append(self.history_adapter(self._pool_history(index, kinds, hb.mask)))
+            tokens = self._pool_history(index, kinds, hb.mask)
+            if self.buckets is not None:
+                if hb.hashes is None:
+                    raise ValueError(f"history buckets need each kind's hash: collate {name!r} with collate_users")
+                tokens = tokens + self.buckets[name](hb.numeric, hb.hashes, hb.mask).unsqueeze(1)
+            pooled.append(self.history_adapter(tokens))
             present.append(hb.mask.any(1, keepdim=True).expand(-1, self.history_width))
             if self.kind_adapter is not None:
                 tokens, mask = self._kind_tokens(kinds, hb.mask)
@@ -290,7 +334,8 @@ class QAnchorModel(nn.Module):
         self.lm = backbone.lm
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens,
-                                                    settings.history_slots, settings.history_kind_tokens)
+                                                    settings.history_slots, settings.history_kind_tokens,
+                                                    settings.history_buckets)
         if self.user_encoder.history_names:
             #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
             self.history_type = nn.Parameter(torch.zeros(hidden))
