@@ -478,6 +478,10 @@ def main() -> None:
     parser.add_argument("--no-prefix-probe", action="store_true", help="Skip the qanchor_prefix row (its probe is slow on a busy CPU).")
     parser.add_argument("--no-text-baseline", action="store_true",
                         help="Skip the MiniLM row (about an hour per 5,000 users on 2 CPU cores).")
+    parser.add_argument("--questions", metavar="PREFIX[,PREFIX...]",
+                        help="With --bundle: pretrain only on the pool's examples whose question starts with one "
+                             "of these (e.g. 'When did this user last'): can the model learn a fact when it is "
+                             "all it is asked? The evaluation is unchanged.")
     parser.add_argument("--paraphrase", action="append", default=[], metavar="TASK=QUERY",
                         help="Score TASK's qanchor_paraphrase row with QUERY, for every variant (repeatable): "
                              "e.g. the pretraining question whose answers state the facts the task needs.")
@@ -510,6 +514,8 @@ def main() -> None:
         parser.error("give either --dataset and --repo, or --bundle")
     if args.reuse_trained and args.bundle is None:
         parser.error("--reuse-trained needs --bundle: only a bundle names the data a saved model was trained on")
+    if args.questions and args.bundle is None:
+        parser.error("--questions filters a --bundle's pretraining pool")
     if args.bundle is not None and args.export_bundle is not None:
         parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
     variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
@@ -525,6 +531,14 @@ def main() -> None:
     fingerprint = bundle_fingerprint(args.bundle) if args.reuse_trained else None
     if args.bundle is not None:
         bundle, cache = load_bundle(args.bundle)
+        if args.questions:
+            prefixes = tuple(p for p in args.questions.split(",") if p)
+            bundle = replace(bundle, train=[e for e in bundle.train if e.query.startswith(prefixes)])
+            if not bundle.train:
+                parser.error(f"no pretraining example's question starts with any of {list(prefixes)}")
+            print(f"pretraining on the {len(bundle.train)} examples whose question starts with {list(prefixes)}")
+            # A model trained on one subset must never be reused for another of the same size.
+            fingerprint = fingerprint and f"{fingerprint} questions={list(prefixes)}"
     else:
         from feature_repo.store import UserFeatureStore
 
