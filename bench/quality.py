@@ -17,6 +17,8 @@ comparable within one run:
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   by_question          full with batches grouping 16 users under each question (users_per_question 16);
                        any by_question_<users>, e.g. by_question_32: two questions per batch of 64
+  history_q_<k>        full with each "When did this user last ..." example k times per epoch
+                       (data.oversample), e.g. history_q_8
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
@@ -122,11 +124,14 @@ VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets",
 MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "readout", "wide", "no_summary_tokens"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`, `lr_3e-4`, `temp_0.1`).
-VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
+VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
 KIND_TOKENS = 24
+#: The synthetic corpus's questions about window-long history (the refill and quarterly-plan
+#: recency questions), which `history_q_<factor>` oversamples (data.oversample).
+HISTORY_QUESTION = "When did this user last"
 #: Hash buckets per history modality in the `buckets` variant. The 100k-user population's bill
 #: stream has 52 distinct kinds (a user: median 14); in 128 buckets at most 3 of them share one.
 HISTORY_BUCKETS = 128
@@ -186,6 +191,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
         elif part.startswith("tiny_"):
             layers, hidden = part.removeprefix("tiny_").split("x")
             cfg["model"]["backbone"].update(num_hidden_layers=int(layers), hidden_size=int(hidden))
+        elif part.startswith("history_q_"):
+            cfg["data"]["oversample"] = {HISTORY_QUESTION: int(part.removeprefix("history_q_"))}
         elif part.startswith("by_question_"):
             cfg["data"]["users_per_question"] = int(part.removeprefix("by_question_"))
         elif part.startswith("batch_"):

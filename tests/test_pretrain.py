@@ -338,3 +338,32 @@ def test_a_batch_is_grouped_by_user_or_by_question_not_both():
         DataSettings(dataset="d", feature_repo="r", queries_per_user=4, users_per_question=16)
     with pytest.raises(ValueError, match="one question per example"):
         example_order(["u1", "u2"], rows=2, queries_per_user=1, rng=np.random.default_rng(0), users_per_question=2)
+
+
+def test_oversampled_questions_enter_every_epoch_that_many_times():
+    """`data.oversample` gives a drowned family of questions a larger share of the steps: each of
+    its examples comes k times per epoch, the others once, and nothing else changes."""
+    import numpy as np
+
+    from training.data import example_order, question_repeats
+
+    questions = ["When did this user last pay a quarterly plan?", "What does this user search for most?",
+                 "When did this user last buy a refill product, and how often?", "What is this user's life stage?"]
+    repeats = question_repeats(questions, {"When did this user last": 3})
+    assert repeats.tolist() == [3, 1, 3, 1]
+    order = example_order([f"u{i}" for i in range(4)], rows=16, queries_per_user=1, rng=np.random.default_rng(0),
+                          repeats=repeats)
+    for epoch in (order[:8], order[8:]):
+        assert np.bincount(epoch, minlength=4).tolist() == [3, 1, 3, 1]
+    with pytest.raises(ValueError, match="one factor >= 1 per example"):
+        example_order(["u1", "u2"], rows=2, queries_per_user=1, rng=np.random.default_rng(0), repeats=np.array([1, 0]))
+
+
+def test_oversample_needs_a_prefix_and_a_factor_of_at_least_one():
+    import pydantic
+
+    from training.pretrain import DataSettings
+
+    for bad in ({"": 4}, {"When did this user last": 0}):
+        with pytest.raises(pydantic.ValidationError, match="oversample maps a non-empty question prefix"):
+            DataSettings(dataset="d", feature_repo="r", oversample=bad)

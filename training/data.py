@@ -22,9 +22,19 @@ if TYPE_CHECKING:  # Feast is imported only where a store is opened, so these ru
     from feature_repo.store import UserFeatureStore
 
 
+def question_repeats(questions: list[str], oversample: dict[str, int]) -> np.ndarray:
+    """How many times each example enters an epoch: the factor of the first `oversample` prefix its
+    question starts with, else 1."""
+    return np.array([next((k for p, k in oversample.items() if q.startswith(p)), 1) for q in questions], dtype=np.int64)
+
+
 def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np.random.Generator,
-                  questions: list[str] | None = None, users_per_question: int = 1) -> np.ndarray:
+                  questions: list[str] | None = None, users_per_question: int = 1,
+                  repeats: np.ndarray | None = None) -> np.ndarray:
     """Indices of `rows` training rows, epoch after epoch, each epoch in a fresh random order.
+
+    `repeats[i]` (default 1) puts example i that many times in every epoch (`question_repeats`),
+    so a family of questions the rest of the corpus drowns gets a larger share of the steps.
 
     With `queries_per_user` > 1 the order comes in runs of up to that many examples of ONE user
     (different questions about the same features), so a batch holds a user under several queries:
@@ -46,15 +56,18 @@ def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np
         raise ValueError("no training examples")
     if users_per_question > 1 and (questions is None or len(questions) != len(user_ids)):
         raise ValueError("users_per_question needs one question per example")
+    if repeats is not None and (len(repeats) != len(user_ids) or (repeats < 1).any()):
+        raise ValueError("repeats needs one factor >= 1 per example")
+    index = np.arange(len(user_ids)) if repeats is None else np.repeat(np.arange(len(user_ids)), repeats)
     keys, run = (user_ids, queries_per_user) if users_per_question == 1 else (questions, users_per_question)
     epochs = []
     if run == 1:
         while sum(len(e) for e in epochs) < rows:
-            epochs.append(rng.permutation(len(user_ids)))
+            epochs.append(index[rng.permutation(len(index))])
         return np.concatenate(epochs)[:rows]
     by_key: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_key.setdefault(key, []).append(i)
+    for i in index:
+        by_key.setdefault(keys[i], []).append(int(i))
     groups = list(by_key.values())
     while sum(len(e) for e in epochs) < rows:
         runs = []

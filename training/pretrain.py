@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from qanchor.user_files import read_yaml_model
@@ -30,7 +30,7 @@ from qanchor.answer_numbers import answer_numbers
 from qanchor.losses import answer_number_loss, contrastive_loss, retrieval_accuracy, uniformity_loss
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.batch import ModalityBatch, collate_users
-from training.data import Example, build_examples, example_order, example_rows
+from training.data import Example, build_examples, example_order, example_rows, question_repeats
 from training.example_stream import ExampleSource, StreamedExamples
 from training.distributed import Dist, gather_ids, gather_with_grad, init_distributed
 
@@ -62,6 +62,19 @@ class DataSettings(_Config):
     #: Training rows' features are read this many steps at a time (the next chunk while the
     #: current one trains), so memory holds two chunks, not the whole set (~28 KiB per row).
     stream_chunk_steps: int = Field(default=256, ge=1)
+    #: Question prefix -> how many times each example whose question starts with it enters an
+    #: epoch (first matching prefix wins; others once). Why: in a mixed corpus the few questions
+    #: about window-long history ("When did this user last ...") are drowned by the rest, and the
+    #: embedding never comes to state them (docs/benchmarks.md, "What the pretraining asks").
+    oversample: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("oversample")
+    @classmethod
+    def _factors(cls, oversample: dict[str, int]) -> dict[str, int]:
+        bad = {p: k for p, k in oversample.items() if not p.strip() or k < 1}
+        if bad:
+            raise ValueError(f"oversample maps a non-empty question prefix to a factor >= 1, got {bad}")
+        return oversample
 
     @model_validator(mode="after")
     def _one_grouping(self) -> DataSettings:
@@ -340,7 +353,8 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
 
     order = example_order(train.user_ids, cfg.optim.steps * cfg.optim.batch_size, cfg.data.queries_per_user,
                           np.random.default_rng(cfg.seed), questions=train.questions,
-                          users_per_question=cfg.data.users_per_question)
+                          users_per_question=cfg.data.users_per_question,
+                          repeats=question_repeats(train.questions, cfg.data.oversample) if cfg.data.oversample else None)
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
     batches = train.batches(order[start_step * cfg.optim.batch_size:], cfg.optim.batch_size, d.rank, d.world)
