@@ -115,16 +115,18 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question", "uniform", "readout",
-            "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question", "uniform",
+            "readout", "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50", "tiny_4x256", "tiny_8x512",
             "batch_256")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
 #: (with any `tiny_<layers>x<width>`).
 MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "readout", "wide", "no_summary_tokens"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
-#: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`, `lr_3e-4`, `temp_0.1`).
-VALUE_PART = re.compile(rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
+#: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
+#: `history_q_8`, `lr_3e-4`, `temp_0.1`).
+VALUE_PART = re.compile(
+    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
