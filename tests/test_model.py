@@ -175,6 +175,10 @@ def bucketed(spec):
     return QAnchor.build(spec, ModelSettings(history_buckets=32), seed=0)
 
 
+#: A quarterly-plan kind as the history view stores it (lower-cased, digits masked).
+PLAN_KIND = "paid # at homeshield property fee, quarterly plans"
+
+
 def _with_plan_payment(user, days_ago: int):
     """`user` with one extra quarterly-plan payment `days_ago` days before REF in its bill history."""
     past = user.history["bill"]
@@ -184,9 +188,6 @@ def _with_plan_payment(user, days_ago: int):
                    sums={n: v + (300.0,) for n, v in past.sums.items()},
                    last_seen=past.last_seen + (paid,), first_seen=past.first_seen + (paid,), events=past.events + 1)
     return replace(user, history={**user.history, "bill": plan})
-
-
-PLAN_KIND = "paid #.## at homeshield property fee, quarterly plans"
 
 
 def test_kind_hash_is_the_crc32_of_the_kind_text():
