@@ -18,7 +18,8 @@ comparable within one run:
   by_question          full with batches grouping 16 users under each question (users_per_question 16);
                        any by_question_<users>, e.g. by_question_32: two questions per batch of 64
   history_q_<k>        full with each "When did this user last ..." example k times per epoch
-                       (data.oversample), e.g. history_q_8
+                       (data.oversample), e.g. history_q_8; history_q_8_from_50 only in the second half
+                       of the steps (data.oversample_from 0.5)
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
@@ -194,7 +195,10 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             layers, hidden = part.removeprefix("tiny_").split("x")
             cfg["model"]["backbone"].update(num_hidden_layers=int(layers), hidden_size=int(hidden))
         elif part.startswith("history_q_"):
-            cfg["data"]["oversample"] = {HISTORY_QUESTION: int(part.removeprefix("history_q_"))}
+            factor, _, late = part.removeprefix("history_q_").partition("_from_")
+            cfg["data"]["oversample"] = {HISTORY_QUESTION: int(factor)}
+            if late:
+                cfg["data"]["oversample_from"] = int(late) / 100
         elif part.startswith("by_question_"):
             cfg["data"]["users_per_question"] = int(part.removeprefix("by_question_"))
         elif part.startswith("batch_"):

@@ -359,6 +359,21 @@ def test_oversampled_questions_enter_every_epoch_that_many_times():
         example_order(["u1", "u2"], rows=2, queries_per_user=1, rng=np.random.default_rng(0), repeats=np.array([1, 0]))
 
 
+def test_late_oversampling_leaves_the_early_rows_in_plain_epochs():
+    """`data.oversample_from` keeps the first rows in the plain order (each example once per epoch)
+    and oversamples only after them, starting a fresh epoch there."""
+    import numpy as np
+
+    from training.data import example_order
+
+    order = example_order([f"u{i}" for i in range(4)], rows=20, queries_per_user=1, rng=np.random.default_rng(0),
+                          repeats=np.array([3, 1, 3, 1]), repeats_from=8)
+    for epoch in (order[:4], order[4:8]):
+        assert sorted(epoch.tolist()) == [0, 1, 2, 3]
+    assert np.bincount(order[8:16], minlength=4).tolist() == [3, 1, 3, 1]
+    assert len(order) == 20
+
+
 def test_oversample_needs_a_prefix_and_a_factor_of_at_least_one():
     import pydantic
 
@@ -367,3 +382,5 @@ def test_oversample_needs_a_prefix_and_a_factor_of_at_least_one():
     for bad in ({"": 4}, {"When did this user last": 0}):
         with pytest.raises(pydantic.ValidationError, match="oversample maps a non-empty question prefix"):
             DataSettings(dataset="d", feature_repo="r", oversample=bad)
+    with pytest.raises(pydantic.ValidationError, match="oversample_from delays data.oversample, which is empty"):
+        DataSettings(dataset="d", feature_repo="r", oversample_from=0.5)

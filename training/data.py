@@ -30,11 +30,14 @@ def question_repeats(questions: list[str], oversample: dict[str, int]) -> np.nda
 
 def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np.random.Generator,
                   questions: list[str] | None = None, users_per_question: int = 1,
-                  repeats: np.ndarray | None = None) -> np.ndarray:
+                  repeats: np.ndarray | None = None, repeats_from: int = 0) -> np.ndarray:
     """Indices of `rows` training rows, epoch after epoch, each epoch in a fresh random order.
 
     `repeats[i]` (default 1) puts example i that many times in every epoch (`question_repeats`),
     so a family of questions the rest of the corpus drowns gets a larger share of the steps.
+    With `repeats_from` > 0 the first that many rows come in the plain order and the repeats
+    apply only after them (a fresh epoch starts there): the corpus's other questions get the
+    early steps to themselves, and the drowned family its larger share only late in training.
 
     With `queries_per_user` > 1 the order comes in runs of up to that many examples of ONE user
     (different questions about the same features), so a batch holds a user under several queries:
@@ -58,6 +61,13 @@ def example_order(user_ids: list[str], rows: int, queries_per_user: int, rng: np
         raise ValueError("users_per_question needs one question per example")
     if repeats is not None and (len(repeats) != len(user_ids) or (repeats < 1).any()):
         raise ValueError("repeats needs one factor >= 1 per example")
+    if repeats is not None and repeats_from > 0:
+        head = example_order(user_ids, min(rows, repeats_from), queries_per_user, rng, questions, users_per_question)
+        if rows <= repeats_from:
+            return head
+        tail = example_order(user_ids, rows - repeats_from, queries_per_user, rng, questions, users_per_question,
+                             repeats)
+        return np.concatenate([head, tail])
     index = np.arange(len(user_ids)) if repeats is None else np.repeat(np.arange(len(user_ids)), repeats)
     keys, run = (user_ids, queries_per_user) if users_per_question == 1 else (questions, users_per_question)
     epochs = []

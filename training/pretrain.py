@@ -67,6 +67,9 @@ class DataSettings(_Config):
     #: about window-long history ("When did this user last ...") are drowned by the rest, and the
     #: embedding never comes to state them (docs/benchmarks.md, "What the pretraining asks").
     oversample: dict[str, int] = Field(default_factory=dict)
+    #: Share of the steps trained in the plain order before `oversample` starts, so the rest of the
+    #: corpus keeps the early steps to itself (0: oversampled from the first step).
+    oversample_from: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @field_validator("oversample")
     @classmethod
@@ -81,6 +84,8 @@ class DataSettings(_Config):
         if self.queries_per_user > 1 and self.users_per_question > 1:
             raise ValueError("set queries_per_user or users_per_question above 1, not both: a batch is "
                              "grouped by user or by question")
+        if self.oversample_from > 0 and not self.oversample:
+            raise ValueError("oversample_from delays data.oversample, which is empty: set both or neither")
         return self
 
 
@@ -354,7 +359,8 @@ def fit(model: QAnchor, train: ExampleSource, val: list[Example], cfg: PretrainC
     order = example_order(train.user_ids, cfg.optim.steps * cfg.optim.batch_size, cfg.data.queries_per_user,
                           np.random.default_rng(cfg.seed), questions=train.questions,
                           users_per_question=cfg.data.users_per_question,
-                          repeats=question_repeats(train.questions, cfg.data.oversample) if cfg.data.oversample else None)
+                          repeats=question_repeats(train.questions, cfg.data.oversample) if cfg.data.oversample else None,
+                          repeats_from=round(cfg.data.oversample_from * cfg.optim.steps) * cfg.optim.batch_size)
     bar = tqdm(range(start_step, cfg.optim.steps), initial=start_step, total=cfg.optim.steps, desc="pretrain",
                disable=not (progress and d.main))
     batches = train.batches(order[start_step * cfg.optim.batch_size:], cfg.optim.batch_size, d.rank, d.world)
