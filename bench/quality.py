@@ -81,6 +81,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -104,6 +105,7 @@ from training.evaluation.harness import (  # noqa: E402
     score_baselines,
     task_labels,
 )
+from training.evaluation.metrics import roc_auc  # noqa: E402
 from training.evaluation.population import EvaluationPopulation, load_population  # noqa: E402
 from training.evaluation.report import write_report  # noqa: E402
 from training.pretrain import (  # noqa: E402
@@ -127,7 +129,7 @@ _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
 #: `history_q_8`, `lr_3e-4`, `temp_0.1`).
 VALUE_PART = re.compile(
-    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
+    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+(?:_from_\d+)?|lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
@@ -407,55 +409,101 @@ def load_test_scores(folder: Path) -> TestScores:
         return TestScores(**pickle.load(fh))
 
 
-def compare_saved(full_folder: Path, folders: list[Path], resamples: int, tasks: list[str] | None = None,
+def replicate_keys(task: str, seeds: int) -> list[str]:
+    """The keys one task has in `pool_seeds`' scores: the task itself, or one per seed."""
+    return [task] if seeds == 1 else [f"{task}@{i}" for i in range(seeds)]
+
+
+def pool_seeds(replicates: list[TestScores]) -> TestScores:
+    """Seed replicates scored on the same test users as ONE set of scores whose tasks are (task,
+    seed) pairs (`replicate_keys`). A paired bootstrap over them draws one resample of users for
+    every seed, so its estimate is the mean over seeds and tasks: what a claim about a
+    configuration, not about one run, needs. Its interval resamples users only, not seeds (two
+    seeds are too few to resample): training noise shrinks with each seed averaged in, but is not
+    in the interval; `--compare` of two seeds of one configuration measures it."""
+    if len(replicates) == 1:
+        return replicates[0]
+    labels: dict = {}
+    scores: dict[str, dict] = {}
+    for i, replicate in enumerate(replicates):
+        labels.update({f"{t}@{i}": y for t, y in replicate.test_labels.items()})
+        for method, by_task in replicate.test_scores.items():
+            scores.setdefault(method, {}).update({f"{t}@{i}": s for t, s in by_task.items()})
+    return TestScores(labels, scores, list(replicates[0].unreliable))
+
+
+def compare_saved(full_folders: list[Path], groups: list[list[Path]], resamples: int, tasks: list[str] | None = None,
                   versus: str | None = None) -> list[dict]:
     """`versus_full` over saved variants: they must have scored the same test users as `full`.
+    With several `full_folders` (seed replicates) each group holds one folder of its variant per
+    seed, in the same order, and every difference is pooled over the seeds (`pool_seeds`).
     With `versus` (a baseline method the saved scores hold, e.g. gbdt_history), each folder's
     task query is also paired against that baseline on the same users."""
-    results = {"full": load_test_scores(full_folder)}
-    full_labels = results["full"].test_labels
+    seeds = len(full_folders)
+    fulls = [load_test_scores(f) for f in full_folders]
+    full_labels = fulls[0].test_labels
     unknown = sorted(set(tasks or ()) - set(full_labels))
     if unknown:
-        raise SystemExit(f"--tasks names {unknown}, which {full_folder} did not score; it has {sorted(full_labels)}")
-    for folder in folders:
+        raise SystemExit(f"--tasks names {unknown}, which {full_folders[0]} did not score; it has {sorted(full_labels)}")
+
+    def same_users(folder: Path) -> TestScores:
         scores = load_test_scores(folder)
         if set(scores.test_labels) != set(full_labels) or any(
                 len(y) != len(full_labels[t]) or (y != full_labels[t]).any() for t, y in scores.test_labels.items()):
-            raise SystemExit(f"{folder} scored other test users than {full_folder}: not comparable")
-        results[folder.name] = scores
-    rows = versus_full(results, resamples, tasks)
+            raise SystemExit(f"{folder} scored other test users than {full_folders[0]}: not comparable")
+        return scores
+
+    results = {"full": pool_seeds([fulls[0], *(same_users(f) for f in full_folders[1:])])}
+    for group in groups:
+        if len(group) != seeds:
+            raise SystemExit(f"{','.join(map(str, group))}: {len(group)} folders for {seeds} --full-scores "
+                             "(one per seed, in the same order)")
+        results[",".join(f.name for f in group)] = pool_seeds([same_users(f) for f in group])
+    tasks = reliable_tasks(tasks or list(full_labels), fulls[0].unreliable)
+    rows = versus_full(results, resamples, tasks, seeds)
     if versus is not None:
-        rows += versus_baseline(results, versus, resamples, tasks)
+        rows += versus_baseline(results, versus, resamples, tasks, seeds)
     return rows
 
 
-def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None) -> list[dict]:
+def tasks_ahead(labels: dict, tasks: list[str], seeds: int, ours: dict, theirs: dict) -> int:
+    """On how many tasks `ours` has the higher AUC, averaged over the seeds."""
+    return sum(np.mean([roc_auc(labels[k], ours[k]) - roc_auc(labels[k], theirs[k]) for k in replicate_keys(t, seeds)])
+               > 0 for t in tasks)
+
+
+def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None,
+                    seeds: int = 1) -> list[dict]:
     """Each saved variant's task query minus `method`, paired on the same test users, with the
     tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
     out = []
     for variant, scores in results.items():
         if method not in scores.test_scores:
             raise SystemExit(f"{variant} has no {method!r} scores; it has {sorted(scores.test_scores)}")
-        chosen = reliable_tasks(tasks or list(scores.test_labels), scores.unreliable)
-        d = paired_difference(scores.test_labels, chosen, scores.test_scores["qanchor_query"],
-                              scores.test_scores[method], resamples)
+        chosen = tasks or reliable_tasks(list(scores.test_labels), scores.unreliable)
+        ours, theirs = scores.test_scores["qanchor_query"], scores.test_scores[method]
+        d = paired_difference(scores.test_labels, [k for t in chosen for k in replicate_keys(t, seeds)], ours, theirs,
+                              resamples)
         out.append({**difference_row(variant, f"qanchor_query - {method}", d),
-                    "ahead": f"{d['tasks_ahead']} of {d['tasks']}"})
+                    "ahead": f"{tasks_ahead(scores.test_labels, chosen, seeds, ours, theirs)} of {len(chosen)}"})
     return out
 
 
-def versus_full(results: dict, resamples: int, tasks: list[str] | None = None) -> list[dict]:
+def versus_full(results: dict, resamples: int, tasks: list[str] | None = None, seeds: int = 1) -> list[dict]:
     """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users,
     with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
-    zero: a mean can hide one task a change breaks."""
+    zero: a mean can hide one task a change breaks. With `seeds` > 1 the scores are `pool_seeds`'
+    and every figure is over the seeds too."""
     full = results["full"]
-    tasks = reliable_tasks(tasks or list(full.test_labels), full.unreliable)
+    tasks = tasks or reliable_tasks(list(full.test_labels), full.unreliable)
     out = []
     for variant, result in results.items():
         if variant != "full":
             ours, theirs = result.test_scores["qanchor_query"], full.test_scores["qanchor_query"]
-            d = paired_difference(full.test_labels, tasks, ours, theirs, resamples)
-            per_task = {t: paired_difference(full.test_labels, [t], ours, theirs, resamples) for t in tasks}
+            d = paired_difference(full.test_labels, [k for t in tasks for k in replicate_keys(t, seeds)], ours, theirs,
+                                  resamples)
+            per_task = {t: paired_difference(full.test_labels, replicate_keys(t, seeds), ours, theirs, resamples)
+                        for t in tasks}
             out.append({**difference_row(variant, "qanchor_query - full's", d),
                         "worse": " ".join(t for t, e in per_task.items() if e["auc_diff_high"] < 0) or "-",
                         "better": " ".join(t for t, e in per_task.items() if e["auc_diff_low"] > 0) or "-"})
@@ -510,10 +558,12 @@ def main() -> None:
                         help="Override the config's checkpoint_every (steps), so --reuse-trained can resume.")
     parser.add_argument("--results-name", help="bench/results/<name>.json (default: quality, or quality_compare "
                                                 "with --compare, so a pairing never replaces a run's table)")
-    parser.add_argument("--compare", nargs="+", type=Path, metavar="VARIANT_DIR",
+    parser.add_argument("--compare", nargs="+", metavar="VARIANT_DIR[,VARIANT_DIR...]",
                         help="Train nothing: pair saved variants (OUT/<variant> folders, e.g. trained in parallel "
-                             "processes) with --full-scores, and write the difference table.")
-    parser.add_argument("--full-scores", type=Path, help="With --compare: the full variant's folder (OUT/full).")
+                             "processes) with --full-scores, and write the difference table. With seed replicates, "
+                             "one comma-separated folder per seed, in --full-scores' order: figures are pooled.")
+    parser.add_argument("--full-scores", nargs="+", type=Path, metavar="FULL_DIR",
+                        help="With --compare: the full variant's folder (OUT/full), one per seed replicate.")
     parser.add_argument("--versus", metavar="METHOD",
                         help="With --compare: also pair each folder's task query with this baseline (gbdt_history).")
     parser.add_argument("--tasks", help="With --compare: comma-separated tasks the means run over (default: all).")
@@ -522,9 +572,10 @@ def main() -> None:
         if args.full_scores is None:
             parser.error("--compare needs --full-scores OUT/full")
         tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
-        rows = compare_saved(args.full_scores, args.compare, args.resamples, tasks, args.versus)
+        groups = [[Path(f) for f in entry.split(",") if f] for entry in args.compare]
+        rows = compare_saved(args.full_scores, groups, args.resamples, tasks, args.versus)
         emit(args.results_name or "quality_compare", rows,
-             {"full": str(args.full_scores), "compared": [str(c) for c in args.compare], "tasks": tasks or "all"})
+             {"full": [str(f) for f in args.full_scores], "compared": args.compare, "tasks": tasks or "all"})
         return
     if (args.bundle is None) == (args.dataset is None or args.repo is None):
         parser.error("give either --dataset and --repo, or --bundle")
