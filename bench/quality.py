@@ -65,6 +65,11 @@ Each variant's test-user scores land in OUT/<variant>/test_scores.pkl, so varian
 separate processes (two sharing one GPU) are still paired against full afterwards:
 
     python bench/quality.py --compare OUT_B/history_slots --full-scores OUT_A/full
+
+Seed replicates pool: one folder per seed, in the same order as the full folders, and every
+difference is the mean over seeds and tasks (users resampled jointly; seeds are not resampled):
+
+    python bench/quality.py --compare OUT0/buckets,OUT1/buckets --full-scores OUT0/full OUT1/full
 """
 
 from __future__ import annotations
@@ -682,6 +687,10 @@ def main() -> None:
             full = load_trained(args.out / "runs" / "full" / "final", cache, device)
         result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
+        tuned = next(s for s in result.summary if s["method"] == "qanchor_prompt")
+        # the table is written once every point is done: a run cut short keeps the finished points in its log
+        print(f"sweep: {tokens} prompt tokens, mean AUC {tuned['mean_auc']:.3f} [{tuned['mean_auc_low']:.3f}, "
+              f"{tuned['mean_auc_high']:.3f}] over {len(sweep_tasks)} tasks", flush=True)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     emit(args.results_name or "quality", rows, {

@@ -178,6 +178,18 @@ def population_parts(population: EvaluationPopulation) -> Parts:
     return Parts(population.index("train"), population.index("val"), population.index("test"))
 
 
+def baseline_tables(spec: ModalitySpec, population: EvaluationPopulation) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The LightGBM baselines' inputs for every user: aggregates of the recent events, and those
+    joined to the window-long history columns (None for a spec without history modalities).
+    Vocabularies are learnt from the probe's train users only."""
+    users, times = population.users, population.reference_times
+    train_users = [users[i] for i in population_parts(population).train]
+    table = AggregateFeaturizer(spec).fit(train_users).transform(users, times)
+    history = pd.concat([table, HistoryFeaturizer(spec).fit(train_users).transform(users, times)], axis=1) \
+        if spec.history_modalities else None
+    return table, history
+
+
 def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: EvaluationPopulation,
                     labels: dict[str, np.ndarray], seed: int = 0,
                     text: bool = True) -> dict[str, dict[str, np.ndarray]]:
@@ -189,11 +201,8 @@ def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: E
     for 5,000 users on two CPU cores.
     """
     parts = population_parts(population)
-    users, times = population.users, population.reference_times
-    train_users = [users[i] for i in parts.train]
-    table = AggregateFeaturizer(spec).fit(train_users).transform(users, times)
-    history = pd.concat([table, HistoryFeaturizer(spec).fit(train_users).transform(users, times)], axis=1) \
-        if spec.history_modalities else None
+    users = population.users
+    table, history = baseline_tables(spec, population)
     serialised = text_embeddings(users, spec, cache) if text else None
     out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for task, y in labels.items():

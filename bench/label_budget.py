@@ -1,0 +1,140 @@
+"""Does the scenario query pay off when labels are few? Task query, generic query and LightGBM under a label budget.
+
+With the benchmark's 2,500 labelled probe users a logistic probe finds any linear direction, so an
+embedding that states the user's facts under the generic query scores as well as one under the
+task's own query (task - generic within +-0.006 in every scale run of docs/benchmarks.md). A
+business unit registering a scenario has tens to hundreds of labels. There the query can matter
+by putting the task's facts where a few labels find them, and a pretrained embedding can matter
+against LightGBM on window-long history, which has to learn from the same few labels:
+
+    python bench/label_budget.py --bundle DIR --model OUT/runs/<variant>/final [--budgets 50,100,300,1000] [--draws 5]
+
+For each budget N and draw, N labelled users are drawn from the probe's train and val parts,
+stratified (at least 4 positives: 3 to fit, 1 to choose the regularisation), and split 3:1 into
+fit / validation. The same users fit a logistic probe on the generic-query and on the task-query
+embeddings and LightGBM on the window-long history table; all are scored on the whole test part.
+Differences are paired on the test users and pooled over tasks and draws (one resample of users
+for all of them). Tasks with fewer than `MIN_TEST_POSITIVES` test positives are left out of the
+means, as in the main benchmark. The "all" row is the benchmark's own protocol (every probe user,
+one draw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import emit  # noqa: E402
+from quality import load_bundle, load_trained  # noqa: E402
+
+from training.evaluation.harness import (  # noqa: E402
+    MIN_TEST_POSITIVES,
+    baseline_tables,
+    paired_difference,
+    population_parts,
+    query_embeddings,
+    task_labels,
+)
+from training.evaluation.metrics import roc_auc  # noqa: E402
+from training.evaluation.probe import Parts, gbdt_probe, logistic_probe  # noqa: E402
+
+#: Positives a draw must hold: three to fit the probe, one to choose its regularisation on.
+MIN_POSITIVES = 4
+
+
+def budget_parts(y: np.ndarray, parts: Parts, budget: int, rng: np.random.Generator) -> Parts | None:
+    """`budget` labelled users drawn from `parts`' train and val users, stratified, split 3:1 into
+    fit / validation (every fourth of each class validates); None if the pool holds too few positives."""
+    pool = np.concatenate([parts.train, parts.val])
+    positives, negatives = pool[y[pool] == 1], pool[y[pool] == 0]
+    n_pos = max(MIN_POSITIVES, round(budget * len(positives) / len(pool)))
+    if n_pos > len(positives) or budget - n_pos > len(negatives) or budget - n_pos < MIN_POSITIVES:
+        return None
+    fit, val = [], []
+    for chosen in (rng.choice(positives, n_pos, replace=False), rng.choice(negatives, budget - n_pos, replace=False)):
+        fit.append(np.delete(chosen, np.s_[::4]))
+        val.append(chosen[::4])
+    return Parts(np.sort(np.concatenate(fit)), np.sort(np.concatenate(val)), parts.test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="the bench/quality.py bundle the model trained on")
+    parser.add_argument("--model", type=Path, required=True, help="a saved variant: OUT/runs/<variant>/final")
+    parser.add_argument("--budgets", default="50,100,300,1000", help="labelled users per draw, comma-separated")
+    parser.add_argument("--draws", type=int, default=5, help="independent label draws per budget")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-name", default="label_budget", help="bench/results/<name>.json")
+    args = parser.parse_args()
+    try:
+        budgets = [int(b) for b in args.budgets.split(",") if b]
+    except ValueError:
+        parser.error(f"--budgets takes whole numbers of labelled users, got {args.budgets!r}")
+    if not budgets or min(budgets) < 2 * MIN_POSITIVES or args.draws < 1:
+        parser.error(f"--budgets needs sizes of at least {2 * MIN_POSITIVES} users and --draws at least 1")
+
+    bundle, cache = load_bundle(args.bundle)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_trained(args.model, cache, device)
+    population = bundle.population
+    parts = population_parts(population)
+    tasks = population.tasks
+    labels = task_labels(population, tasks.names)
+    reliable = [t for t in tasks.names if labels[t][parts.test].sum() >= MIN_TEST_POSITIVES]
+
+    start = time.perf_counter()
+    emb = query_embeddings(model, population.users, population.reference_times,
+                           [tasks.generic_query, *(t.query for t in tasks.tasks)], batch_size=args.batch_size)
+    _, history = baseline_tables(bundle.spec, population)
+    print(f"embeddings and history table in {time.perf_counter() - start:.0f}s", flush=True)
+
+    def inputs(method: str, i: int):
+        return {"generic query": emb[:, 0], "task query": emb[:, 1 + i], "gbdt_history": history}[method]
+
+    methods = ("generic query", "task query") + (("gbdt_history",) if history is not None else ())
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for budget in [None, *budgets]:
+        draws = 1 if budget is None else args.draws
+        scores: dict[str, dict[str, np.ndarray]] = {m: {} for m in methods}
+        test_labels: dict[str, np.ndarray] = {}
+        skipped = set()
+        for i, task in enumerate(tqdm(tasks.names, desc=f"budget {budget or 'all'}")):
+            y = labels[task]
+            for draw in range(draws):
+                chosen = parts if budget is None else budget_parts(y, parts, budget, rng)
+                if chosen is None or task not in reliable:
+                    skipped.add(task)
+                    continue
+                key = f"{task}@{draw}"
+                test_labels[key] = y[parts.test]
+                for method in methods:
+                    probe = gbdt_probe if method == "gbdt_history" else logistic_probe
+                    scores[method][key] = probe(inputs(method, i), y, chosen, args.seed + draw).test_scores
+        keys = list(test_labels)
+        row = {"labelled users": budget or len(parts.train) + len(parts.val), "draws": draws,
+               "tasks": len({k.split("@")[0] for k in keys}), "left out": " ".join(sorted(skipped)) or "-"}
+        for method in methods:
+            row[f"AUC {method}"] = float(np.mean([roc_auc(test_labels[k], scores[method][k]) for k in keys]))
+        for ours, theirs in (("task query", "generic query"), ("task query", "gbdt_history")):
+            if theirs in scores:
+                d = paired_difference(test_labels, keys, scores[ours], scores[theirs], args.resamples, args.seed)
+                row[f"{ours} - {theirs}"] = f"{d['auc_diff']:+.3f} [{d['auc_diff_low']:+.3f}, {d['auc_diff_high']:+.3f}]"
+        rows.append(row)
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    emit(args.results_name, rows, {"bundle": str(args.bundle), "model": str(args.model), "device": device_name,
+                                   "test_users": len(parts.test), "seed": args.seed})
+
+
+if __name__ == "__main__":
+    main()
