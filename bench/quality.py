@@ -13,7 +13,7 @@ comparable within one run:
   kinds                full plus each history modality's 24 most frequent kinds as tokens of their own
                        (history_kind_tokens 24)
   buckets              full plus each history modality's kinds hashed into 128 fixed buckets read by
-                       an MLP into its [HIST_m] token (history_buckets 128)
+                       an MLP into its [HIST_m] token (history_buckets 128); no_buckets: none (0)
   grouped              full with batches grouping each user under 4 questions (queries_per_user 4)
   by_question          full with batches grouping 16 users under each question (users_per_question 16);
                        any by_question_<users>, e.g. by_question_32: two questions per batch of 64
@@ -123,13 +123,13 @@ from training.pretrain import (  # noqa: E402
     seed_everything,
 )
 
-VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question", "uniform",
+VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "no_buckets", "grouped", "by_question", "uniform",
             "readout", "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders", "no_contrastive", "no_ntp",
             "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50", "tiny_4x256", "tiny_8x512",
             "batch_256")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
 #: (with any `tiny_<layers>x<width>`).
-MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "readout", "wide", "no_summary_tokens"}
+MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "no_buckets", "readout", "wide", "no_summary_tokens"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
 #: `history_q_8`, `lr_3e-4`, `temp_0.1`).
@@ -162,8 +162,10 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
     cfg["output_dir"] = out / "runs" / variant
     cfg["tracking"].update(uri=f"sqlite:///{out / 'mlruns.db'}", experiment="qanchor-quality-bench", register_model=False)
     for part in variant_parts(variant):
-        if part in ("legacy", "no_history"):
-            cfg["model"]["history_tokens"] = False
+        if part in ("legacy", "no_history"):  # and what reads the history view with it
+            cfg["model"].update(history_tokens=False, history_slots=0, history_kind_tokens=0, history_buckets=0)
+        elif part == "no_buckets":
+            cfg["model"]["history_buckets"] = 0
         elif part == "history_slots":
             cfg["model"]["history_slots"] = 4
         elif part == "kinds":
