@@ -124,6 +124,9 @@ def main() -> None:
         keys = list(test_labels)
         row = {"labelled users": budget or len(parts.train) + len(parts.val), "draws": draws,
                "tasks": len({k.split("@")[0] for k in keys}), "left out": " ".join(sorted(skipped)) or "-"}
+        if not keys:  # a budget larger than the probe users, or too few positives in every task
+            rows.append(row)
+            continue
         for method in methods:
             row[f"AUC {method}"] = float(np.mean([roc_auc(test_labels[k], scores[method][k]) for k in keys]))
         for ours, theirs in (("task query", "generic query"), ("task query", "gbdt_history")):
