@@ -12,7 +12,9 @@ against LightGBM on window-long history, which has to learn from the same few la
 For each budget N and draw, N labelled users are drawn from the probe's train and val parts,
 stratified (at least 4 positives: 3 to fit, 1 to choose the regularisation), and split 3:1 into
 fit / validation. The same users fit a logistic probe on the generic-query and on the task-query
-embeddings and LightGBM on the window-long history table; all are scored on the whole test part.
+embeddings, on the embeddings under ANOTHER task's query (the next task in the list, a different
+one with each draw: whether the right query matters, not just any query), and LightGBM on the
+window-long history table; all are scored on the whole test part.
 Differences are paired on the test users and pooled over tasks and draws (one resample of users
 for all of them). Tasks with fewer than `MIN_TEST_POSITIVES` test positives are left out of the
 means, as in the main benchmark. The "all" row is the benchmark's own protocol (every probe user,
@@ -91,6 +93,10 @@ def main() -> None:
     tasks = population.tasks
     labels = task_labels(population, tasks.names)
     reliable = [t for t in tasks.names if labels[t][parts.test].sum() >= MIN_TEST_POSITIVES]
+    probe_users = len(parts.train) + len(parts.val)
+    if max(budgets) >= probe_users:
+        parser.error(f"--budgets must stay below the population's {probe_users} labelled probe users "
+                     f"(the first row already uses all of them), got {max(budgets)}")
 
     start = time.perf_counter()
     emb = query_embeddings(model, population.users, population.reference_times,
@@ -98,10 +104,15 @@ def main() -> None:
     _, history = baseline_tables(bundle.spec, population)
     print(f"embeddings and history table in {time.perf_counter() - start:.0f}s", flush=True)
 
-    def inputs(method: str, i: int):
+    n = len(tasks.names)
+
+    def inputs(method: str, i: int, draw: int):
+        if method == "other task's query":  # a different task's query with every draw
+            return emb[:, 1 + (i + 1 + draw % (n - 1)) % n]
         return {"generic query": emb[:, 0], "task query": emb[:, 1 + i], "gbdt_history": history}[method]
 
-    methods = ("generic query", "task query") + (("gbdt_history",) if history is not None else ())
+    methods = ("generic query", "task query") + (("other task's query",) if n > 1 else ()) + \
+        (("gbdt_history",) if history is not None else ())
     rng = np.random.default_rng(args.seed)
     rows = []
     for budget in [None, *budgets]:
@@ -120,16 +131,17 @@ def main() -> None:
                 test_labels[key] = y[parts.test]
                 for method in methods:
                     probe = gbdt_probe if method == "gbdt_history" else logistic_probe
-                    scores[method][key] = probe(inputs(method, i), y, chosen, args.seed + draw).test_scores
+                    scores[method][key] = probe(inputs(method, i, draw), y, chosen, args.seed + draw).test_scores
         keys = list(test_labels)
-        row = {"labelled users": budget or len(parts.train) + len(parts.val), "draws": draws,
+        row = {"labelled users": budget or probe_users, "draws": draws,
                "tasks": len({k.split("@")[0] for k in keys}), "left out": " ".join(sorted(skipped)) or "-"}
-        if not keys:  # a budget larger than the probe users, or too few positives in every task
+        if not keys:  # too few positives in every task
             rows.append(row)
             continue
         for method in methods:
             row[f"AUC {method}"] = float(np.mean([roc_auc(test_labels[k], scores[method][k]) for k in keys]))
-        for ours, theirs in (("task query", "generic query"), ("task query", "gbdt_history")):
+        for ours, theirs in (("task query", "generic query"), ("task query", "other task's query"),
+                             ("task query", "gbdt_history")):
             if theirs in scores:
                 d = paired_difference(test_labels, keys, scores[ours], scores[theirs], args.resamples, args.seed)
                 row[f"{ours} - {theirs}"] = f"{d['auc_diff']:+.3f} [{d['auc_diff_low']:+.3f}, {d['auc_diff_high']:+.3f}]"
