@@ -652,6 +652,16 @@ def main() -> None:
         rows.extend(difference_row(variant, f"{c['method']} - {c['versus']}", c, seconds) for c in result.comparisons)
         geometry[variant] = result.geometry
 
+    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+    def save_table(show: bool) -> None:
+        """The results so far: written after each variant and sweep point, printed at the end."""
+        emit(args.results_name or "quality", rows, {
+            "dataset": str(dataset), "config": str(args.config), "device": device_name,
+            "from_bundle": args.bundle is not None, "geometry": geometry,
+            "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
+            "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")}}, show=show)
+
     models: dict[str, QAnchor] = {}
     geometry: dict[str, dict] = {}
     results: dict[str, object] = {}
@@ -678,6 +688,7 @@ def main() -> None:
         record(variant, result, time.perf_counter() - start)
         results[variant] = result
         print(f"{variant}: done in {time.perf_counter() - start:.0f}s; geometry {result.geometry}", flush=True)
+        save_table(show=False)
 
     if "full" in results:
         rows.extend(versus_full(results, args.resamples))
@@ -693,16 +704,11 @@ def main() -> None:
         result = evaluate(full, population, settings)
         record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         tuned = next(s for s in result.summary if s["method"] == "qanchor_prompt")
-        # the table is written once every point is done: a run cut short keeps the finished points in its log
         print(f"sweep: {tokens} prompt tokens, mean AUC {tuned['mean_auc']:.3f} [{tuned['mean_auc_low']:.3f}, "
               f"{tuned['mean_auc_high']:.3f}] over {len(sweep_tasks)} tasks", flush=True)
         rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    emit(args.results_name or "quality", rows, {
-        "dataset": str(dataset), "config": str(args.config), "device": device_name, "from_bundle": args.bundle is not None,
-        "geometry": geometry,
-        "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
-        "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")}})
+        save_table(show=False)
+    save_table(show=True)
 
 
 if __name__ == "__main__":
