@@ -2,10 +2,11 @@
 
 With the benchmark's 3,750 labelled probe users (2,500 to fit, 1,250 to choose the regularisation)
 a logistic probe finds any linear direction, so an embedding that states the user's facts under
-the generic query scores as well as one under the task's own query (task - generic within +-0.006 in every scale run of docs/benchmarks.md). A
-business unit registering a scenario has tens to hundreds of labels. There the query can matter
-by putting the task's facts where a few labels find them, and a pretrained embedding can matter
-against LightGBM on window-long history, which has to learn from the same few labels:
+the generic query scores as well as one under the task's own query (task - generic within
++-0.006 in every scale run of docs/benchmarks.md). A business unit registering a scenario has
+tens to hundreds of labels. There the query can matter by putting the task's facts where a few
+labels find them, and a pretrained embedding can matter against LightGBM on window-long history,
+which has to learn from the same few labels:
 
     python bench/label_budget.py --bundle DIR --model OUT/runs/<variant>/final [--budgets 50,100,300,1000] [--draws 5]
 
