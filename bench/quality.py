@@ -20,8 +20,13 @@ comparable within one run:
   history_q_<k>        full with each "When did this user last ..." example k times per epoch
                        (data.oversample), e.g. history_q_8; history_q_8_from_50 only in the second half
                        of the steps (data.oversample_from 0.5)
+  future_q_<k>         full plus each yes/no question about one future behaviour ("Will this user ...",
+                       the generator's --future-questions) k times per epoch, beside the base config's
+                       oversampling, e.g. future_q_4
   uniform              full plus the uniformity term on the anchors (loss.uniformity_weight 0.5)
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
+  meaning              full with each query's frozen sentence embedding added to its <USER_EMB> input
+                       through a small MLP (query_meaning), so unseen wording lands where its meaning does
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
   ntp_embedding        full with the NTP answer decoded from the embedding alone (loss.ntp_input embedding)
   numbers              full plus a head reading the answer's numbers back from the embedding (loss.number_weight 1)
@@ -56,7 +61,7 @@ the full variant.
 
 A GPU machine without Feast or MLflow (or the MiniLM weights) runs the same comparison from a
 bundle: `--export-bundle DIR` writes the pretraining pool, the held-out examples, the evaluation
-population and a text-embedding cache covering every event text in them; `--bundle DIR` then
+population and a text-embedding cache covering every event text and query in them; `--bundle DIR` then
 pretrains with `training.pretrain.fit` and scores on whatever device torch finds. Event texts
 travel as their digit-masked kinds (what the model embeds; amounts ride in numeric fields), so a
 bundle of 15k users fits one device call. The bundle is a pickle: load only bundles you made.
@@ -124,7 +129,7 @@ from training.pretrain import (  # noqa: E402
 )
 
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question",
-            "uniform", "readout", "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders",
+            "uniform", "readout", "meaning", "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders",
             "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50",
             "tiny_4x256", "tiny_8x512", "batch_256")
 #: Known parts the default run leaves out: smollm2 is slow on a CPU, and no_buckets differs from
@@ -132,12 +137,13 @@ VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets",
 ON_REQUEST = ("smollm2", "no_buckets")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
 #: (with any `tiny_<layers>x<width>`).
-MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "no_buckets", "readout", "wide", "no_summary_tokens"}
+MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "no_buckets", "readout", "meaning", "wide",
+               "no_summary_tokens"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
 #: `history_q_8`, `lr_3e-4`, `temp_0.1`).
 VALUE_PART = re.compile(
-    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+(?:_from_\d+)?|lr_{_NUMBER}|temp_{_NUMBER})$")
+    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+(?:_from_\d+)?|future_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
@@ -145,6 +151,9 @@ KIND_TOKENS = 24
 #: The synthetic corpus's questions about window-long history (the refill and quarterly-plan
 #: recency questions), which `history_q_<factor>` oversamples (data.oversample).
 HISTORY_QUESTION = "When did this user last"
+#: The synthetic corpus's yes/no questions about one behaviour of the next window, which
+#: `future_q_<factor>` oversamples: the pretraining questions shaped most like a scenario query.
+FUTURE_KIND_QUESTION = "Will this user"
 #: Hash buckets per history modality in the `buckets` variant. The 100k-user population's bill
 #: stream has 52 distinct kinds (a user: median 14); in 128 buckets at most 3 of them share one.
 HISTORY_BUCKETS = 128
@@ -183,6 +192,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["loss"]["uniformity_weight"] = 0.5
         elif part == "readout":
             cfg["model"]["summary_readout"] = True
+        elif part == "meaning":
+            cfg["model"]["query_meaning"] = True
         elif part == "wide":
             cfg["model"]["embed_dim"] = 512
         elif part == "ntp_embedding":
@@ -211,6 +222,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["data"]["oversample"] = {HISTORY_QUESTION: int(factor)}
             if late:
                 cfg["data"]["oversample_from"] = int(late) / 100
+        elif part.startswith("future_q_"):
+            cfg["data"]["oversample"] = {**cfg["data"]["oversample"], FUTURE_KIND_QUESTION: int(part.removeprefix("future_q_"))}
         elif part.startswith("by_question_"):
             cfg["data"]["users_per_question"] = int(part.removeprefix("by_question_"))
         elif part.startswith("batch_"):
@@ -302,8 +315,18 @@ def _kinds_only(user: UserFeatures, interned: dict[str, str]) -> UserFeatures:
                             for name, past in user.history.items()})
 
 
+def bundle_queries(bundle: Bundle) -> list[str]:
+    """Every question the bundle's examples ask and every query its tasks are scored with."""
+    tasks = bundle.population.tasks
+    asked = [e.query for e in bundle.train + bundle.val]
+    scored = [tasks.generic_query, *(q for t in tasks.tasks for q in (t.query, t.paraphrase) if q)]
+    return list(dict.fromkeys(asked + scored))
+
+
 def export_bundle(folder: Path, bundle: Bundle) -> None:
-    """The bundle, plus a text-embedding cache holding every event kind its users carry."""
+    """The bundle, plus a text-embedding cache holding every event kind its users carry and every
+    query it asks (a `query_meaning` model reads their sentence embeddings; the GPU node has no
+    MiniLM weights)."""
     folder.mkdir(parents=True, exist_ok=True)
     cache = TextEmbeddingCache()
     interned: dict[str, str] = {}
@@ -320,6 +343,7 @@ def export_bundle(folder: Path, bundle: Bundle) -> None:
     times = [e.reference_time for e in examples] + bundle.population.reference_times
     for start in range(0, len(users), 256):
         collate_users(users[start:start + 256], times[start:start + 256], bundle.spec, cache)
+    cache.ids(bundle_queries(bundle))
     cache.save(folder / "text_cache.npz")
     with gzip.open(folder / "bundle.pkl.gz", "wb") as fh:
         pickle.dump(vars(bundle), fh)  # fields only: the class's module differs between script and import

@@ -41,6 +41,8 @@ class Suffix:
     name: str
     ids: torch.Tensor                  # [n] token ids, <QUERY> ... <USER_EMB>
     soft_prompt: torch.Tensor | None   # [k, hidden] or None
+    #: [hidden] added to the `<USER_EMB>` input: the query's sentence meaning (`query_meaning`), or None.
+    meaning: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -81,8 +83,11 @@ class EmbeddingEngine:
 
     def query_suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None = None) -> Suffix:
         """A suffix tokenised as training and tuning do (truncated to `max_query_tokens`), unchecked."""
-        (ids,) = self.model.network.suffix_ids([query])
-        return Suffix(name, ids.to(self.device), soft_prompt)
+        net = self.model.network
+        (ids,) = net.suffix_ids([query])
+        with torch.no_grad():
+            meaning = net.query_meanings(self.model.query_rows([query]), self.model.cache.table(self.device))
+        return Suffix(name, ids.to(self.device), soft_prompt, None if meaning is None else meaning[0])
 
     @torch.no_grad()
     def encode(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> PrefixBatch:
@@ -117,6 +122,8 @@ class EmbeddingEngine:
         blocks = []
         for s in suffixes:
             parts = [token_embeds(s.ids.to(self.device))]
+            if s.meaning is not None:
+                parts[0] = torch.cat([parts[0][:-1], parts[0][-1:] + s.meaning.to(parts[0].dtype)])
             if s.soft_prompt is not None:
                 parts.insert(0, s.soft_prompt.to(self.device, parts[0].dtype))
             blocks.append(torch.cat(parts))

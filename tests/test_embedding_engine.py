@@ -22,11 +22,17 @@ REF = int(pd.Timestamp(AS_OF).timestamp())
 QUERIES = ["will this user repay a loan late?", "does this user like travel deals?", "night owl?"]
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["state", "summary_readout"])
+@pytest.fixture(scope="module", params=["state", "summary_readout", "query_meaning"])
 def model(spec, request):
     """Every engine behaviour holds for both readouts: the `<USER_EMB>` state alone, and that state
-    attending over the user's summary tokens (which then travel in the cache beside the KV)."""
-    return QAnchor.build(spec, ModelSettings(summary_readout=request.param), seed=3)
+    attending over the user's summary tokens (which then travel in the cache beside the KV); and
+    for a model that adds each query's sentence meaning to its `<USER_EMB>` input (its last layer
+    randomised here, as training leaves it, since it starts at zero)."""
+    option = request.param
+    model = QAnchor.build(spec, ModelSettings(**({} if option == "state" else {option: True})), seed=3)
+    if option == "query_meaning":
+        torch.nn.init.normal_(model.network.query_meaning.mlp[-1].weight, std=0.5)
+    return model
 
 
 @pytest.fixture(scope="module")

@@ -265,6 +265,28 @@ def test_summary_readout_round_trips_and_leaves_a_row_without_summaries_as_its_s
     assert not torch.allclose(out[0], state[0]) and torch.equal(out[1], state[1])
 
 
+def test_query_meaning_starts_silent_then_moves_the_vector_by_what_the_query_means(spec, users, tmp_path):
+    """`query_meaning` adds the query's frozen sentence embedding to the `<USER_EMB>` input: at
+    initialisation it adds nothing, so a model starts from its query tokens alone; once its last
+    layer has weights, a query's vector depends on the sentence, and the model round-trips."""
+    model = QAnchor.build(spec, ModelSettings(query_meaning=True), seed=0)
+    queries = ["will this user repay late?", "likes travel deals?"]
+    net = model.network.eval()
+    with torch.no_grad():
+        silent = net.query_meanings(model.query_rows(queries), model.cache.table())
+    assert silent.shape == (2, net.backbone.hidden_size) and not silent.any()
+    before = model.embed(users, queries, reference_time=REF)
+    torch.nn.init.normal_(net.query_meaning.mlp[-1].weight, std=0.5)
+    after = model.embed(users, queries, reference_time=REF)
+    assert np.abs(after - before).max() > 1e-3
+    loaded = QAnchor.from_pretrained(model.save_pretrained(tmp_path / "meaning"))
+    assert (loaded.embed(users, queries, reference_time=REF) == after).all()
+    batch, table = model.collate(users[:2], [REF, REF])
+    with pytest.raises(ValueError, match="query_meaning"):
+        net(batch, table, net.suffix_ids(queries), net.answer_ids(["yes", "no"]))
+    assert QAnchor.build(spec, ModelSettings(), seed=0).query_rows(queries) is None
+
+
 def test_ntp_from_the_embedding_decodes_each_answer_from_its_own_vector_only(spec):
     """With `ntp_input: embedding` the decoder sees one bridged vector and the answer, nothing
     else: after a few steps on two (vector, answer) pairs, each answer is likelier under its own

@@ -201,6 +201,14 @@ def test_the_optional_answer_heads_pretrain_log_their_loss_and_save_with_the_mod
     assert network.answer_bridge is not None and network.number_head.out_features == 3
 
 
+def test_query_meaning_trains_from_zero_and_saves_with_the_model(tmp_path, dataset, sqlite_store):
+    cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "model.query_meaning": True,
+                                                           "tracking.register_model": False})
+    pretrain(cfg, progress=False)
+    meaning = QAnchor.from_pretrained(cfg.output_dir / "final").network.query_meaning
+    assert meaning is not None and meaning.mlp[-1].weight.abs().max() > 0
+
+
 def test_encoder_lr_trains_the_user_encoder_at_its_own_rate(tmp_path, dataset, sqlite_store, spec):
     cfg = _config(tmp_path, dataset, sqlite_store.repo, **{"optim.steps": 4, "optim.encoder_lr": 1e-9,
                                                            "tracking.register_model": False})

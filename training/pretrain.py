@@ -223,6 +223,8 @@ class StepBatch:
     users: dict[str, ModalityBatch]
     queries: list[torch.Tensor]
     answers: list[torch.Tensor]
+    #: The queries' rows of the text table, for a model with `query_meaning` (else None).
+    query_rows: torch.Tensor | None
 
 
 def collate_step(model: QAnchor, batch: list[Example], device: torch.device) -> StepBatch:
@@ -231,8 +233,11 @@ def collate_step(model: QAnchor, batch: list[Example], device: torch.device) -> 
     net = model.network
     users = collate_users([e.features for e in batch], [e.reference_time for e in batch], net.spec, model.cache)
     cuda = device.type == "cuda"
+    queries = [e.query for e in batch]
+    rows = model.query_rows(queries)
     return StepBatch(batch, {k: v.to(device, non_blocking=cuda) for k, v in users.items()},
-                     net.suffix_ids([e.query for e in batch]), net.answer_ids([e.answer for e in batch]))
+                     net.suffix_ids(queries), net.answer_ids([e.answer for e in batch]),
+                     None if rows is None else rows.to(device, non_blocking=cuda))
 
 
 def step_losses(network: torch.nn.Module, model: QAnchor, step: StepBatch, cfg: PretrainConfig,
@@ -240,7 +245,8 @@ def step_losses(network: torch.nn.Module, model: QAnchor, step: StepBatch, cfg: 
     """Both towers and both losses for one per-rank batch; `network` is the model or its DDP wrapper."""
     batch = step.examples
     texts = [e.answer for e in batch]
-    anchor, answer, ntp, tokens, numbers = network(step.users, model.cache.table(d.device), step.queries, step.answers)
+    anchor, answer, ntp, tokens, numbers = network(step.users, model.cache.table(d.device), step.queries, step.answers,
+                                                  step.query_rows)
     anchor_all, offset = gather_with_grad(anchor, d)
     answer_all, _ = gather_with_grad(answer, d)
     users_local, answers_local = row_keys(batch, d.device)

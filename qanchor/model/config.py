@@ -115,6 +115,14 @@ class ModelSettings(_Config):
     #: (`qanchor.model.modeling.SummaryReadout`), so the query can pick out a modality's or a
     #: history's summary instead of reading it through the decoder's mix of every prefix token.
     summary_readout: bool = False
+    #: The query's sentence embedding (the frozen MiniLM that encodes event texts) enters the
+    #: `<USER_EMB>` input through a small MLP (`qanchor.model.modeling.QueryMeaning`), beside the
+    #: query's own tokens. Why: a random-init decoder learns its word embeddings from the few
+    #: hundred pretraining questions only, so a scenario query in words it never saw (a task
+    #: definition, a paraphrase) reaches it as noise; the sentence encoder places "takes a cash
+    #: advance" next to the pretraining question about cash advances. Per query, not per user:
+    #: the prefix and its cache are unchanged.
+    query_meaning: bool = False
     loss: LossSettings = LossSettings()
 
     @model_validator(mode="after")

@@ -278,6 +278,24 @@ class SummaryReadout(nn.Module):
         return state + self.out(pooled) * mask.any(1, keepdim=True)
 
 
+class QueryMeaning(nn.Module):
+    """A query's frozen sentence embedding -> one vector added to its `<USER_EMB>` input (`query_meaning`).
+
+    The last layer starts at zero, so a model starts out reading its query tokens alone and
+    learns how much of the sentence meaning to take. The `<USER_EMB>` position is where the
+    decoder's last attention picks what to read from the prefix, so the meaning steers that choice.
+    """
+
+    def __init__(self, text_dim: int, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, sentence: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sentence.to(self.mlp[0].weight.dtype))
+
+
 @dataclass
 class Prefixes:
     """User prefixes, one row per user: valid tokens first (in layout order), then filler."""
@@ -346,6 +364,7 @@ class QAnchorModel(nn.Module):
             self.kind_type = nn.Parameter(torch.zeros(hidden))
         self.projection = Projection(hidden, settings.embed_dim)
         self.readout = SummaryReadout(hidden) if settings.summary_readout else None
+        self.query_meaning = QueryMeaning(TextEmbeddingCache.dim, hidden) if settings.query_meaning else None
         #: Embedding -> one input token the answer is decoded from (`loss.ntp_input: embedding`).
         self.answer_bridge = nn.Linear(settings.embed_dim, hidden) if settings.loss.ntp_input == "embedding" else None
         #: Embedding -> the answer's first numbers (`loss.number_weight`); only pretraining reads it.
@@ -427,15 +446,29 @@ class QAnchorModel(nn.Module):
                       max_length=self.settings.max_answer_tokens - 1)["input_ids"]
         return [torch.tensor([*ids, self.backbone.eos_id]) for ids in encoded]
 
+    def query_meanings(self, query_rows: torch.Tensor | None, text_table: torch.Tensor) -> torch.Tensor | None:
+        """Per row, the vector its `<USER_EMB>` input gains from the query's sentence embedding
+        (`query_rows` index `text_table`); None for a model without `query_meaning`."""
+        if self.query_meaning is None:
+            return None
+        if query_rows is None:
+            raise ValueError("this model reads each query's sentence embedding (query_meaning): give the "
+                             "queries' rows of the text table (QAnchor.query_rows)")
+        return self.query_meaning(text_table[query_rows])
+
     def pack(self, prefixes: Prefixes, suffixes: list[torch.Tensor], answers: list[torch.Tensor] | None = None,
-             soft_prompt: torch.Tensor | None = None) -> PackedSequences:
-        """Row r = prefix_r | soft prompt | suffix_r (| answer_r), right-padded; built with one scatter."""
+             soft_prompt: torch.Tensor | None = None, meanings: torch.Tensor | None = None) -> PackedSequences:
+        """Row r = prefix_r | soft prompt | suffix_r (| answer_r), right-padded; built with one scatter.
+        `meanings` [R, H] are added to each row's `<USER_EMB>` input (`query_meanings`)."""
         device = prefixes.tokens.device
         rows = len(suffixes)
         tails = [torch.cat([s, answers[i]]) if answers is not None else s for i, s in enumerate(suffixes)]
         tail_lengths = [t.shape[0] for t in tails]
         tail_ids = torch.nn.utils.rnn.pad_sequence(tails, batch_first=True, padding_value=self.backbone.pad_id).to(device)
         tail = self._token_embeddings(tail_ids)
+        if meanings is not None:
+            emb_at = torch.tensor([s.shape[0] - 1 for s in suffixes], device=device)
+            tail = tail.index_put((torch.arange(rows, device=device), emb_at), meanings.to(tail.dtype), accumulate=True)
         k = 0
         if soft_prompt is not None:
             k = soft_prompt.shape[0]
@@ -528,10 +561,11 @@ class QAnchorModel(nn.Module):
         return self.project(hidden[torch.arange(len(answers), device=device), last])
 
     def forward(self, users: dict[str, ModalityBatch], text_table: torch.Tensor, suffixes: list[torch.Tensor],
-                answers: list[torch.Tensor]) -> PretrainPass:
+                answers: list[torch.Tensor], query_rows: torch.Tensor | None = None) -> PretrainPass:
         """One pretraining pass (inside `forward`, so DDP syncs every head it uses)."""
         from_embedding = self.answer_bridge is not None
-        packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, None if from_embedding else answers)
+        packed = self.pack(self.prefix_embeddings(users, text_table), suffixes, None if from_embedding else answers,
+                           meanings=self.query_meanings(query_rows, text_table))
         anchor, ntp = self.anchor_forward(packed)
         if from_embedding:
             ntp = self.embedding_ntp(anchor, answers)

@@ -140,6 +140,13 @@ class QAnchor:
         batch = {k: v.to(self.device) for k, v in collate_users(users, reference_times, self.spec, self.cache).items()}
         return batch, self.cache.table(self.device)
 
+    def query_rows(self, queries: list[str]) -> torch.Tensor | None:
+        """Each query's row in the text table (encoded once per unique query), for a model that
+        reads the queries' sentence embeddings (`query_meaning`); None for one that does not."""
+        if self.network.query_meaning is None:
+            return None
+        return torch.tensor(self.cache.ids(queries), device=self.device)
+
     def anchor_embeddings(self, users: list[UserFeatures], reference_times: list[int], queries: list[str],
                           soft_prompt: torch.Tensor | None = None, paired: bool = False) -> torch.Tensor:
         """Anchor-tower embeddings, differentiable (callers choose no_grad).
@@ -148,11 +155,16 @@ class QAnchor:
         [n_users * n_queries, D]. `paired=True`: `queries[i]` belongs to `users[i]`, [n_users, D].
         """
         net = self.network
-        prefixes = net.prefix_embeddings(*self.collate(users, reference_times))
+        batch, _ = self.collate(users, reference_times)
+        rows = self.query_rows(queries)
+        table = self.cache.table(self.device)
+        prefixes = net.prefix_embeddings(batch, table)
         suffixes = net.suffix_ids(queries)
         if not paired:
             prefixes, suffixes = prefixes.repeat(len(queries)), suffixes * len(users)
-        vectors, _ = net.anchor_forward(net.pack(prefixes, suffixes, soft_prompt=soft_prompt))
+            rows = None if rows is None else rows.repeat(len(users))
+        meanings = net.query_meanings(rows, table)
+        vectors, _ = net.anchor_forward(net.pack(prefixes, suffixes, soft_prompt=soft_prompt, meanings=meanings))
         return vectors
 
     def score(self, users: UserFeatures | list[UserFeatures], scenario: LoadedScenario,
