@@ -10,6 +10,10 @@ which has to learn from the same few labels:
 
     python bench/label_budget.py --bundle DIR --model OUT/runs/<variant>/final [--budgets 50,100,300,1000] [--draws 5]
 
+A GPU node without LightGBM embeds and stops (`--save-embeddings FILE`: the population under the
+generic and every task query, float16); the probes then run where LightGBM is, from the same
+bundle (`--embeddings FILE` instead of `--model`), so no weights leave the node.
+
 For each budget N and draw, N labelled users are drawn from the probe's train and val parts,
 stratified (at least 4 positives: 3 to fit, 1 to choose the regularisation), and split 3:1 into
 fit / validation. The same users fit a logistic probe on the generic-query and on the task-query
@@ -68,10 +72,27 @@ def budget_parts(y: np.ndarray, parts: Parts, budget: int, rng: np.random.Genera
     return Parts(np.sort(np.concatenate(fit)), np.sort(np.concatenate(val)), parts.test)
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def saved_embeddings(path: Path, queries: list[str], users: list[str]) -> tuple[np.ndarray, str]:
+    """Embeddings `--save-embeddings` wrote and the device that computed them, refused unless they
+    are of these users under these queries."""
+    with np.load(path, allow_pickle=False) as saved:
+        if saved["queries"].tolist() != queries or saved["users"].tolist() != users:
+            raise SystemExit(f"{path} holds embeddings of other users or queries than this bundle's population")
+        return saved["embeddings"].astype(np.float32), str(saved["device"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, required=True, help="the bench/quality.py bundle the model trained on")
-    parser.add_argument("--model", type=Path, required=True, help="a saved variant: OUT/runs/<variant>/final")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a saved variant: OUT/runs/<variant>/final")
+    source.add_argument("--embeddings", type=Path, help="a file --save-embeddings wrote for this bundle")
+    parser.add_argument("--save-embeddings", type=Path, metavar="FILE",
+                        help="write the model's embeddings of the population (.npz) and stop")
     parser.add_argument("--budgets", default="50,100,300,1000", help="labelled users per draw, comma-separated")
     parser.add_argument("--draws", type=int, default=5, help="independent label draws per budget")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -86,9 +107,9 @@ def main() -> None:
     if not budgets or min(budgets) < 2 * MIN_POSITIVES or args.draws < 1:
         parser.error(f"--budgets needs sizes of at least {2 * MIN_POSITIVES} users and --draws at least 1")
 
+    if args.save_embeddings is not None and args.model is None:
+        parser.error("--save-embeddings needs --model")
     bundle, cache = load_bundle(args.bundle)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_trained(args.model, cache, device)
     population = bundle.population
     parts = population_parts(population)
     tasks = population.tasks
@@ -100,8 +121,19 @@ def main() -> None:
                      f"(the first row already uses all of them), got {max(budgets)}")
 
     start = time.perf_counter()
-    emb = query_embeddings(model, population.users, population.reference_times,
-                           [tasks.generic_query, *(t.query for t in tasks.tasks)], batch_size=args.batch_size)
+    queries = [tasks.generic_query, *(t.query for t in tasks.tasks)]
+    embedded_on = device_name()
+    if args.model is not None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_trained(args.model, cache, device)
+        emb = query_embeddings(model, population.users, population.reference_times, queries, batch_size=args.batch_size)
+        if args.save_embeddings is not None:
+            np.savez(args.save_embeddings, embeddings=emb.astype(np.float16), queries=np.array(queries),
+                     users=np.array([u.user_id for u in population.users]), device=np.array(device_name()))
+            print(f"wrote {args.save_embeddings} in {time.perf_counter() - start:.0f}s", flush=True)
+            return
+    else:
+        emb, embedded_on = saved_embeddings(args.embeddings, queries, [u.user_id for u in population.users])
     _, history = baseline_tables(bundle.spec, population)
     print(f"embeddings and history table in {time.perf_counter() - start:.0f}s", flush=True)
 
@@ -147,9 +179,8 @@ def main() -> None:
                 d = paired_difference(test_labels, keys, scores[ours], scores[theirs], args.resamples, args.seed)
                 row[f"{ours} - {theirs}"] = f"{d['auc_diff']:+.3f} [{d['auc_diff_low']:+.3f}, {d['auc_diff_high']:+.3f}]"
         rows.append(row)
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    emit(args.results_name, rows, {"bundle": str(args.bundle), "model": str(args.model), "device": device_name,
-                                   "test_users": len(parts.test), "seed": args.seed})
+    emit(args.results_name, rows, {"bundle": str(args.bundle), "model": str(args.model or args.embeddings),
+                                   "device": embedded_on, "test_users": len(parts.test), "seed": args.seed})
 
 
 if __name__ == "__main__":

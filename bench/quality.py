@@ -54,7 +54,8 @@ Variants combine with `+`: `by_question+uniform` applies both changes to the bas
 Baselines (LightGBM on recent aggregates and on window-long history, MiniLM text) do not depend
 on the backbone: they are scored once per population (when a bundle is exported, on the machine
 that has LightGBM and MiniLM) and shared by every variant's table. A prompt-token sweep runs on
-the full variant.
+the full variant, or on `--sweep-on VARIANT`; with `--variants ''` it tunes a model an earlier run
+saved under OUT without scoring that variant again (what fits one device call).
 
     python bench/quality.py --dataset data/demo/raw --repo data/demo/feature_store \
         [--variants full,no_contrastive,...] [--steps 150] [--tune-steps 150] [--sweep 1,2,4,6,8]
@@ -568,6 +569,9 @@ def main() -> None:
     parser.add_argument("--tune", choices=("default", "all", "none"), default="default",
                         help="Which variants get a tuned soft prompt (default: full, no_pretraining).")
     parser.add_argument("--sweep", default="1,2,4,6,8", help="Prompt-token counts on the full variant ('' to skip).")
+    parser.add_argument("--sweep-on", default="full", metavar="VARIANT",
+                        help="The variant the sweep tunes prompts on: trained in this run, or saved earlier at "
+                             "OUT/runs/VARIANT/final (with --variants '' nothing is trained or scored before the sweep).")
     parser.add_argument("--sweep-tasks", default="mkt_travel_booking,eng_checkin_streak")
     parser.add_argument("--max-users", type=int, default=None, help="Evaluation users (held-out splits).")
     parser.add_argument("--pretrain-users", type=int, default=None,
@@ -619,7 +623,12 @@ def main() -> None:
         parser.error("--questions filters a --bundle's pretraining pool")
     if args.bundle is not None and args.export_bundle is not None:
         parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
-    variants = args.variants.split(",") + (["smollm2"] if args.smollm2 else [])
+    variants = [v for v in args.variants.split(",") if v] + (["smollm2"] if args.smollm2 else [])
+    if not variants and not args.sweep:
+        parser.error("nothing to do: --variants '' scores no variant, so give a --sweep")
+    saved_sweep_model = args.out / "runs" / args.sweep_on / "final"
+    if args.sweep and args.sweep_on not in variants and not (saved_sweep_model / "model.safetensors").is_file():
+        parser.error(f"--sweep-on {args.sweep_on}: not among --variants and no model saved at {saved_sweep_model}")
     unknown = unknown_variants(variants)
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {[*VARIANTS, *ON_REQUEST]}, or join several "
@@ -722,15 +731,16 @@ def main() -> None:
         start = time.perf_counter()
         settings = EvaluationSettings(tasks=sweep_tasks, baselines=False, paraphrases=False, tokens=tokens,
                                       tune_steps=args.tune_steps, resamples=args.resamples)
-        full = models.get("full")
-        if full is None:
-            full = load_trained(args.out / "runs" / "full" / "final", cache, device)
-        result = evaluate(full, population, settings)
-        record(f"full, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
+        swept = models.get(args.sweep_on)
+        if swept is None:
+            swept = models[args.sweep_on] = load_trained(saved_sweep_model, cache, device)
+        result = evaluate(swept, population, settings)
+        record(f"{args.sweep_on}, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         tuned = next(s for s in result.summary if s["method"] == "qanchor_prompt")
         print(f"sweep: {tokens} prompt tokens, mean AUC {tuned['mean_auc']:.3f} [{tuned['mean_auc_low']:.3f}, "
               f"{tuned['mean_auc_high']:.3f}] over {len(sweep_tasks)} tasks", flush=True)
-        rows[:] = [r for r in rows if not (r["variant"].startswith(f"full, {tokens} ") and r["method"] != "qanchor_prompt")]
+        rows[:] = [r for r in rows
+                   if not (r["variant"].startswith(f"{args.sweep_on}, {tokens} ") and r["method"] != "qanchor_prompt")]
         save_table(show=False)
     save_table(show=True)
 
