@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from qanchor.features import UserFeatures, feature_digest
+from qanchor.features import UserFeatures, feature_digest, text_key
 from qanchor.model.qanchor import QAnchor
 from qanchor.prefix_cache import PrefixCache, PrefixKey, PrefixState
 from qanchor.scenario import LoadedScenario
@@ -73,7 +73,7 @@ class EmbeddingEngine:
         limit = self.model.settings.max_query_tokens
         if tokens > limit:
             raise QueryTooLongError(f"the query has {tokens} tokens; this backbone reads at most {limit}")
-        return self.query_suffix(query, name or query, soft_prompt)
+        return self.query_suffix(query, name or query, soft_prompt, remember=False)
 
     def scenario_suffix(self, scenario: LoadedScenario) -> Suffix:
         """A registered scenario's suffix: its query, tokenised exactly as when it was tuned, and its soft prompt."""
@@ -81,13 +81,27 @@ class EmbeddingEngine:
         return self.query_suffix(scenario.query, scenario.name,
                                  scenario.prompt.prompt if scenario.prompt is not None else None)
 
-    def query_suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None = None) -> Suffix:
-        """A suffix tokenised as training and tuning do (truncated to `max_query_tokens`), unchecked."""
+    def query_suffix(self, query: str, name: str, soft_prompt: torch.Tensor | None = None,
+                     remember: bool = True) -> Suffix:
+        """A suffix tokenised as training and tuning do (truncated to `max_query_tokens`), unchecked.
+
+        For a `query_meaning` model the query's sentence embedding joins the text cache
+        (`remember`), as a scenario's or a benchmark's few queries should; a client's free text
+        is encoded without it, so distinct requests cannot grow the cache without bound.
+        """
         net = self.model.network
         (ids,) = net.suffix_ids([query])
-        with torch.no_grad():
-            meaning = net.query_meanings(self.model.query_rows([query]), self.model.cache.table(self.device))
-        return Suffix(name, ids.to(self.device), soft_prompt, None if meaning is None else meaning[0])
+        meaning = None
+        if net.query_meaning is not None:
+            cache = self.model.cache
+            if remember:
+                rows = self.model.query_rows([query])  # before the table: it may add the query's row
+                sentence = cache.table(self.device)[rows]
+            else:
+                sentence = torch.from_numpy(cache.encode([text_key(query)])).to(self.device)
+            with torch.no_grad():
+                meaning = net.query_meaning(sentence)[0]
+        return Suffix(name, ids.to(self.device), soft_prompt, meaning)
 
     @torch.no_grad()
     def encode(self, users: Sequence[UserFeatures], reference_times: Sequence[int]) -> PrefixBatch:

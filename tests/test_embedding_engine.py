@@ -161,6 +161,19 @@ def test_prefix_batch_round_trips_through_stack_and_unstack(model, users):
         assert states[0].nbytes > sum(t.numel() * t.element_size() for t in (*states[0].keys, *states[0].values))
 
 
+def test_free_text_queries_never_grow_the_text_cache_yet_embed_like_a_remembered_query(model, users):
+    """A client's free text is encoded for its request only; a scenario's or benchmark's query
+    (`query_suffix`) is remembered. Both give the same vector."""
+    engine = EmbeddingEngine(model)
+    rows = len(model.cache)
+    free = engine.suffix("will this user open a savings plan next week?")
+    assert len(model.cache) == rows
+    remembered = engine.query_suffix("will this user open a savings plan next week?", "remembered")
+    assert len(model.cache) == rows + (model.network.query_meaning is not None)
+    times = [REF] * len(users)
+    np.testing.assert_allclose(engine.embed(users, times, [free]), engine.embed(users, times, [remembered]), atol=1e-6)
+
+
 def test_free_text_queries_longer_than_the_budget_are_refused_not_truncated(model):
     engine = EmbeddingEngine(model, None)
     with pytest.raises(QueryTooLongError, match=r"has \d+ tokens; this backbone reads at most 48"):
