@@ -10,6 +10,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def device_name() -> str:
+    """The accelerator a figure was measured on ("cpu" without one), for every result's metadata."""
+    import torch  # here, not at the top: benches without a model import this module too
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def emit(name: str, rows: list[dict], meta: dict, show: bool = True) -> Path:
     """Write bench/results/<name>.json and, with `show`, print the table. A long benchmark calls it
     with show=False after each finished part, so a run cut short still leaves what it measured."""

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import emit  # noqa: E402
+from _report import device_name, emit  # noqa: E402
 from quality import load_bundle, load_trained  # noqa: E402
 
 from training.evaluation.harness import (  # noqa: E402
@@ -70,10 +70,6 @@ def budget_parts(y: np.ndarray, parts: Parts, budget: int, rng: np.random.Genera
         fit.append(np.delete(chosen, np.s_[::4]))
         val.append(chosen[::4])
     return Parts(np.sort(np.concatenate(fit)), np.sort(np.concatenate(val)), parts.test)
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def saved_embeddings(path: Path, queries: list[str], users: list[str]) -> tuple[np.ndarray, str]:
@@ -129,7 +125,7 @@ def main() -> None:
         emb = query_embeddings(model, population.users, population.reference_times, queries, batch_size=args.batch_size)
         if args.save_embeddings is not None:
             np.savez(args.save_embeddings, embeddings=emb.astype(np.float16), queries=np.array(queries),
-                     users=np.array([u.user_id for u in population.users]), device=np.array(device_name()))
+                     users=np.array([u.user_id for u in population.users]), device=np.array(embedded_on))
             print(f"wrote {args.save_embeddings} in {time.perf_counter() - start:.0f}s", flush=True)
             return
     else:

@@ -98,7 +98,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _report import emit  # noqa: E402
+from _report import device_name, emit  # noqa: E402
 
 from qanchor.features import ModalityEvents, UserFeatures, text_key  # noqa: E402
 from qanchor.modality_spec import ModalitySpec, load_spec  # noqa: E402
@@ -685,12 +685,10 @@ def main() -> None:
         rows.extend(difference_row(variant, f"{c['method']} - {c['versus']}", c, seconds) for c in result.comparisons)
         geometry[variant] = result.geometry
 
-    device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
     def save_table(show: bool) -> None:
         """The results so far: written after each variant and sweep point, printed at the end."""
         emit(args.results_name or "quality", rows, {
-            "dataset": str(dataset), "config": str(args.config), "device": device_name,
+            "dataset": str(dataset), "config": str(args.config), "device": device_name(),
             "from_bundle": args.bundle is not None, "geometry": geometry,
             "pretrain_steps": args.steps, "pretrain_examples": pool, "tune_steps": args.tune_steps,
             "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")}}, show=show)

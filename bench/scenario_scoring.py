@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _report import emit  # noqa: E402
+from _report import device_name, emit  # noqa: E402
 from quality import load_bundle, load_trained, variant_spec  # noqa: E402
 
 from qanchor.model import QAnchor  # noqa: E402
@@ -91,10 +91,9 @@ def main() -> None:
                           before.test_scores["qanchor_prompt_proto"], args.resamples)
     rows.append({"scorer": "now - before (prototypes, paired)", "prototype_auc": d["auc_diff"],
                  "prototype_ks": d["ks_diff"], "auc_95": f"[{d['auc_diff_low']:.3f}, {d['auc_diff_high']:.3f}]"})
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     emit("scenario_scoring", rows, {"bundle": str(args.bundle), "model": str(args.model or "random-init tiny"),
                                     "users": {p: int((population.part == p).sum()) for p in ("train", "val", "test")},
-                                    "tune_steps": args.tune_steps, "device": device, "threads": torch.get_num_threads()})
+                                    "tune_steps": args.tune_steps, "device": device_name(), "threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":
