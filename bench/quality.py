@@ -55,7 +55,9 @@ Baselines (LightGBM on recent aggregates and on window-long history, MiniLM text
 on the backbone: they are scored once per population (when a bundle is exported, on the machine
 that has LightGBM and MiniLM) and shared by every variant's table. A prompt-token sweep runs on
 the full variant, or on `--sweep-on VARIANT`; with `--variants ''` it tunes a model an earlier run
-saved under OUT without scoring that variant again (what fits one device call).
+saved under OUT without scoring that variant again (what fits one device call). Each point's test
+scores land in OUT/<variant>_prompt_<k>, so two points pair with `--compare OUT/full_prompt_1
+--full-scores OUT/full_prompt_6 --method qanchor_prompt [--versus gbdt_history]`.
 
     python bench/quality.py --dataset data/demo/raw --repo data/demo/feature_store \
         [--variants full,no_contrastive,...] [--steps 150] [--tune-steps 150] [--sweep 1,2,4,6,8]
@@ -468,36 +470,43 @@ def pool_seeds(replicates: list[TestScores]) -> TestScores:
 
 
 def compare_saved(full_folders: list[Path], groups: list[list[Path]], resamples: int, tasks: list[str] | None = None,
-                  versus: str | None = None) -> list[dict]:
+                  versus: str | None = None, method: str = "qanchor_query") -> list[dict]:
     """`versus_full` over saved variants: they must have scored the same test users as `full`.
     With several `full_folders` (seed replicates) each group holds one folder of its variant per
     seed, in the same order, and every difference is pooled over the seeds (`pool_seeds`).
     With `versus` (a baseline method the saved scores hold, e.g. gbdt_history), each folder's
     task query is also paired against that baseline on the same users."""
     seeds = len(full_folders)
-    fulls = [load_test_scores(f) for f in full_folders]
-    full_labels = fulls[0].test_labels
+
+    def with_method(folder: Path) -> TestScores:
+        scores = load_test_scores(folder)
+        if method not in scores.test_scores:
+            raise SystemExit(f"{folder} has no {method!r} scores; it has {sorted(scores.test_scores)}")
+        return scores
+
+    first = with_method(full_folders[0])
+    full_labels = first.test_labels
     unknown = sorted(set(tasks or ()) - set(full_labels))
     if unknown:
         raise SystemExit(f"--tasks names {unknown}, which {full_folders[0]} did not score; it has {sorted(full_labels)}")
 
     def same_users(folder: Path) -> TestScores:
-        scores = load_test_scores(folder)
+        scores = with_method(folder)
         if set(scores.test_labels) != set(full_labels) or any(
                 len(y) != len(full_labels[t]) or (y != full_labels[t]).any() for t, y in scores.test_labels.items()):
             raise SystemExit(f"{folder} scored other test users than {full_folders[0]}: not comparable")
         return scores
 
-    results = {"full": pool_seeds([fulls[0], *(same_users(f) for f in full_folders[1:])])}
+    results = {"full": pool_seeds([first, *(same_users(f) for f in full_folders[1:])])}
     for group in groups:
         if len(group) != seeds:
             raise SystemExit(f"{','.join(map(str, group))}: {len(group)} folders for {seeds} --full-scores "
                              "(one per seed, in the same order)")
         results[",".join(f.name for f in group)] = pool_seeds([same_users(f) for f in group])
-    tasks = reliable_tasks(tasks or list(full_labels), fulls[0].unreliable)
-    rows = versus_full(results, resamples, tasks, seeds)
+    tasks = reliable_tasks(tasks or list(full_labels), first.unreliable)
+    rows = versus_full(results, resamples, tasks, seeds, method)
     if versus is not None:
-        rows += versus_baseline(results, versus, resamples, tasks, seeds)
+        rows += versus_baseline(results, versus, resamples, tasks, seeds, method)
     return rows
 
 
@@ -508,7 +517,7 @@ def tasks_ahead(labels: dict, tasks: list[str], seeds: int, ours: dict, theirs: 
 
 
 def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None,
-                    seeds: int = 1) -> list[dict]:
+                    seeds: int = 1, ours_method: str = "qanchor_query") -> list[dict]:
     """Each saved variant's task query minus `method`, paired on the same test users, with the
     tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
     out = []
@@ -516,15 +525,16 @@ def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str]
         if method not in scores.test_scores:
             raise SystemExit(f"{variant} has no {method!r} scores; it has {sorted(scores.test_scores)}")
         chosen = tasks or reliable_tasks(list(scores.test_labels), scores.unreliable)
-        ours, theirs = scores.test_scores["qanchor_query"], scores.test_scores[method]
+        ours, theirs = scores.test_scores[ours_method], scores.test_scores[method]
         d = paired_difference(scores.test_labels, [k for t in chosen for k in replicate_keys(t, seeds)], ours, theirs,
                               resamples)
-        out.append({**difference_row(variant, f"qanchor_query - {method}", d),
+        out.append({**difference_row(variant, f"{ours_method} - {method}", d),
                     "ahead": f"{tasks_ahead(scores.test_labels, chosen, seeds, ours, theirs)} of {len(chosen)}"})
     return out
 
 
-def versus_full(results: dict, resamples: int, tasks: list[str] | None = None, seeds: int = 1) -> list[dict]:
+def versus_full(results: dict, resamples: int, tasks: list[str] | None = None, seeds: int = 1,
+                method: str = "qanchor_query") -> list[dict]:
     """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users,
     with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
     zero: a mean can hide one task a change breaks. With `seeds` > 1 the scores are `pool_seeds`'
@@ -534,12 +544,12 @@ def versus_full(results: dict, resamples: int, tasks: list[str] | None = None, s
     out = []
     for variant, result in results.items():
         if variant != "full":
-            ours, theirs = result.test_scores["qanchor_query"], full.test_scores["qanchor_query"]
+            ours, theirs = result.test_scores[method], full.test_scores[method]
             d = paired_difference(full.test_labels, [k for t in tasks for k in replicate_keys(t, seeds)], ours, theirs,
                                   resamples)
             per_task = {t: paired_difference(full.test_labels, replicate_keys(t, seeds), ours, theirs, resamples)
                         for t in tasks}
-            out.append({**difference_row(variant, "qanchor_query - full's", d),
+            out.append({**difference_row(variant, f"{method} - full's", d),
                         "worse": " ".join(t for t, e in per_task.items() if e["auc_diff_high"] < 0) or "-",
                         "better": " ".join(t for t, e in per_task.items() if e["auc_diff_low"] > 0) or "-"})
     return out
@@ -605,13 +615,16 @@ def main() -> None:
     parser.add_argument("--versus", metavar="METHOD",
                         help="With --compare: also pair each folder's task query with this baseline (gbdt_history).")
     parser.add_argument("--tasks", help="With --compare: comma-separated tasks the means run over (default: all).")
+    parser.add_argument("--method", default="qanchor_query",
+                        help="With --compare: the scores paired (qanchor_prompt for the sweep points a run saves "
+                             "under OUT/<variant>_prompt_<k>).")
     args = parser.parse_args()
     if args.compare:
         if args.full_scores is None:
             parser.error("--compare needs --full-scores OUT/full")
         tasks = [t for t in args.tasks.split(",") if t] if args.tasks else None
         groups = [[Path(f) for f in entry.split(",") if f] for entry in args.compare]
-        rows = compare_saved(args.full_scores, groups, args.resamples, tasks, args.versus)
+        rows = compare_saved(args.full_scores, groups, args.resamples, tasks, args.versus, args.method)
         emit(args.results_name or "quality_compare", rows,
              {"full": [str(f) for f in args.full_scores], "compared": args.compare, "tasks": tasks or "all"})
         return
@@ -727,18 +740,24 @@ def main() -> None:
     sweep_tasks = [t for t in args.sweep_tasks.split(",") if t in bundle.population.tasks.names]
     for tokens in [int(t) for t in args.sweep.split(",") if t]:
         start = time.perf_counter()
-        settings = EvaluationSettings(tasks=sweep_tasks, baselines=False, paraphrases=False, tokens=tokens,
-                                      tune_steps=args.tune_steps, resamples=args.resamples)
+        # the bundle's precomputed baselines cost nothing and give "+ prompt minus the best baseline"
+        settings = EvaluationSettings(tasks=sweep_tasks, baselines=bundle.baseline_scores is not None,
+                                      paraphrases=False, tokens=tokens, tune_steps=args.tune_steps,
+                                      resamples=args.resamples)
         swept = models.get(args.sweep_on)
         if swept is None:
             swept = models[args.sweep_on] = load_trained(saved_sweep_model, cache, device)
-        result = evaluate(swept, population, settings)
+        result = evaluate(swept, population, settings, baseline_scores=bundle.baseline_scores)
+        point = args.out / f"{args.sweep_on}_prompt_{tokens}"
+        point.mkdir(exist_ok=True)
+        save_test_scores(point, result)
         record(f"{args.sweep_on}, {tokens} prompt tokens ({len(sweep_tasks)} tasks)", result, time.perf_counter() - start)
         tuned = next(s for s in result.summary if s["method"] == "qanchor_prompt")
         print(f"sweep: {tokens} prompt tokens, mean AUC {tuned['mean_auc']:.3f} [{tuned['mean_auc_low']:.3f}, "
               f"{tuned['mean_auc_high']:.3f}] over {len(sweep_tasks)} tasks", flush=True)
-        rows[:] = [r for r in rows
-                   if not (r["variant"].startswith(f"{args.sweep_on}, {tokens} ") and r["method"] != "qanchor_prompt")]
+        rows[:] = [r for r in rows  # a sweep point's other rows repeat the variant's own
+                   if not (r["variant"].startswith(f"{args.sweep_on}, {tokens} ")
+                           and not r["method"].startswith(("qanchor_prompt", "oracle")))]
         save_table(show=False)
     save_table(show=True)
 
