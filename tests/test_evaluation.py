@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +22,7 @@ from qanchor.cli import cli
 from qanchor.model import ModelSettings, QAnchor
 from qanchor.model.text_encoder import TextEmbeddingCache
 from qanchor.scenario import ks_statistic
-from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, serialise
+from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, most_common, serialise
 from training.evaluation.geometry import embedding_geometry
 from training.evaluation.harness import EvaluationSettings, evaluate, prefix_summaries, score_baselines, task_labels
 from training.evaluation.metrics import bootstrap_difference, bootstrap_mean, roc_auc
@@ -151,6 +157,31 @@ def test_population_holds_only_users_the_backbone_was_not_pretrained_on(sqlite_s
     assert set(splits[ids]) <= {"val", "test"}, "pretraining (train split) users leaked into evaluation"
     assert set(population.part) == {"train", "val", "test"}
     assert list(population.labels["user_id"]) == ids
+
+
+def test_baseline_columns_are_the_same_in_every_process(sqlite_store, dataset, spec, tmp_path):
+    """Kinds that tie in frequency at the vocabulary's edge are ranked by name, not by the string
+    hash: two processes with different PYTHONHASHSEED build identical baseline tables."""
+    users = sqlite_store.online(sorted(sqlite_store.known_users())[:40])
+    ref = int(pd.Timestamp(AS_OF).timestamp())
+    with (tmp_path / "users.pkl").open("wb") as fh:
+        pickle.dump((spec, users, ref), fh)
+    script = (
+        "import pickle, sys\n"
+        "from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer\n"
+        "spec, users, ref = pickle.load(open(sys.argv[1], 'rb'))\n"
+        "h = HistoryFeaturizer(spec, top_kinds=4).fit(users)\n"
+        "a = AggregateFeaturizer(spec, top_kinds=3).fit(users)\n"
+        "print(repr((h.vocabulary, a.kinds, list(h.transform(users, [ref] * len(users)).columns))))\n")
+    runs = [subprocess.run([sys.executable, "-c", script, str(tmp_path / "users.pkl")], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).resolve().parents[1],
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")]
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_vocabulary_ranks_ties_by_name_whatever_order_the_kinds_arrive_in():
+    assert most_common(Counter({"b": 2, "c": 3, "a": 2, "d": 1}), 3) == ["c", "a", "b"]
+    assert most_common(Counter({"a": 2, "b": 2, "c": 3, "d": 1}), 3) == ["c", "a", "b"]
 
 
 def test_aggregates_count_events_and_learn_their_vocabulary_from_train_users_only(sqlite_store, dataset, spec):

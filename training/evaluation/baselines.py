@@ -30,6 +30,17 @@ DAY = 86_400
 TOP_KINDS = 24
 
 
+def most_common(counts: Counter[str], n: int) -> list[str]:
+    """The `n` most frequent keys, ties broken by the key itself.
+
+    `Counter.most_common` breaks ties by insertion order, which for keys gathered through a set
+    follows the string hash, and that changes with every process (PYTHONHASHSEED): the same train
+    users then gave the history baseline other columns at the vocabulary's edge and in another
+    order in each run, and LightGBM's column subsampling turned that into per-task AUCs 0.02-0.04
+    apart. Ranked by (count, key), the columns depend on the users alone."""
+    return [k for k, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]]
+
+
 class AggregateFeaturizer:
     """Per-user aggregate table; the event-kind vocabulary is learnt from the probe's train users only."""
 
@@ -41,7 +52,7 @@ class AggregateFeaturizer:
     def fit(self, users: list[UserFeatures]) -> AggregateFeaturizer:
         for m in self.spec.event_modalities:
             counts = Counter(text_key(t) for u in users for t in u.modalities[m.name].texts)
-            self.kinds[m.name] = [k for k, _ in counts.most_common(self.top_kinds)]
+            self.kinds[m.name] = most_common(counts, self.top_kinds)
         return self
 
     def transform(self, users: list[UserFeatures], reference_times: list[int]) -> pd.DataFrame:
@@ -104,7 +115,7 @@ class HistoryFeaturizer:
         """Kinds seen by the most train users per modality (document frequency, not volume)."""
         for m in self.spec.history_modalities:
             seen = Counter(k for u in users for k in set(u.history.get(m.name, ModalityHistory()).kinds))
-            self.vocabulary[m.name] = [k for k, _ in seen.most_common(self.top_kinds)]
+            self.vocabulary[m.name] = most_common(seen, self.top_kinds)
         return self
 
     def transform(self, users: list[UserFeatures], reference_times: list[int]) -> pd.DataFrame:
