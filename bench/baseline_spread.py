@@ -42,18 +42,10 @@ from training.evaluation.harness import (  # noqa: E402
     task_labels,
 )
 from training.evaluation.metrics import roc_auc  # noqa: E402
-from training.evaluation.probe import gbdt_probe  # noqa: E402
+from training.evaluation.probe import gbdt_seed_scores  # noqa: E402
 
 #: The bundle's baseline each variant is compared with, and the table it is fitted on.
 BASELINES = ("gbdt_history", "gbdt_aggregates")
-
-
-def refit(table, labels: dict[str, np.ndarray], parts, seeds: int) -> dict[str, list[np.ndarray]]:
-    """Test scores of `gbdt_probe` per task, one array per seed (seeds 0..seeds-1)."""
-    out: dict[str, list[np.ndarray]] = {}
-    for task in tqdm(labels, desc="refit"):
-        out[task] = [gbdt_probe(table, labels[task], parts, seed).test_scores for seed in range(seeds)]
-    return out
 
 
 def main() -> None:
@@ -95,7 +87,7 @@ def main() -> None:
     table = history if args.baseline == "gbdt_history" else aggregates
     if table is None:
         parser.error("this bundle's spec has no history modalities, so it has no gbdt_history")
-    fits = refit(table, labels, parts, args.seeds)
+    fits = {task: gbdt_seed_scores(table, y, parts, args.seeds) for task, y in tqdm(labels.items(), desc="refit")}
     bagged = {t: np.mean(scores, axis=0) for t, scores in fits.items()}
     bundled = (bundle.baseline_scores or {}).get(args.baseline)
 

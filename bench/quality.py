@@ -597,6 +597,9 @@ def main() -> None:
     parser.add_argument("--paraphrase", action="append", default=[], metavar="TASK=QUERY",
                         help="Score TASK's qanchor_paraphrase row with QUERY, for every variant (repeatable): "
                              "e.g. the pretraining question whose answers state the facts the task needs.")
+    parser.add_argument("--gbdt-seeds", type=int, default=1,
+                        help="LightGBM fits averaged per baseline row when the baselines are scored (--dataset runs "
+                             "and --export-bundle): 5 is the bagged baseline of bench/baseline_spread.py.")
     parser.add_argument("--out", type=Path, default=Path("reports/quality"))
     parser.add_argument("--reuse-trained", action="store_true",
                         help="With --bundle: evaluate OUT/runs/<variant>/final instead of pretraining when it was "
@@ -634,6 +637,10 @@ def main() -> None:
         parser.error("--reuse-trained needs --bundle: only a bundle names the data a saved model was trained on")
     if args.questions and args.bundle is None:
         parser.error("--questions filters a --bundle's pretraining pool")
+    if args.gbdt_seeds < 1:
+        parser.error("--gbdt-seeds must be at least 1")
+    if args.bundle is not None and args.gbdt_seeds != 1:
+        parser.error("--gbdt-seeds applies where the baselines are scored: a --bundle carries its own")
     if args.bundle is not None and args.export_bundle is not None:
         parser.error("--export-bundle reads --dataset/--repo; it cannot re-export a --bundle")
     variants = [v for v in args.variants.split(",") if v] + (["smollm2"] if args.smollm2 else [])
@@ -676,7 +683,8 @@ def main() -> None:
                         build_examples(store, args.dataset, "val", base.data.future_ratio, base.data.val_examples,
                                        base.seed + 1),
                         population, str(args.dataset),
-                        score_baselines(store.spec, cache, population, labels, text=not args.no_text_baseline))
+                        score_baselines(store.spec, cache, population, labels, text=not args.no_text_baseline,
+                                        gbdt_seeds=args.gbdt_seeds))
         print(f"baselines scored in {time.perf_counter() - start:.0f}s", flush=True)
         if args.export_bundle is not None:
             export_bundle(args.export_bundle, bundle)

@@ -24,7 +24,15 @@ from qanchor.model.text_encoder import TextEmbeddingCache
 from qanchor.scenario import ks_statistic
 from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer, most_common, serialise
 from training.evaluation.geometry import embedding_geometry
-from training.evaluation.harness import EvaluationSettings, evaluate, prefix_summaries, score_baselines, task_labels
+from training.evaluation.harness import (
+    EvaluationSettings,
+    baseline_tables,
+    evaluate,
+    population_parts,
+    prefix_summaries,
+    score_baselines,
+    task_labels,
+)
 from training.evaluation.metrics import bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import load_population, split_parts
 from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
@@ -108,6 +116,21 @@ def test_baselines_are_scored_once_per_population_and_the_text_row_is_optional(s
     scores = score_baselines(spec, TextEmbeddingCache(), population, labels, text=False)
     assert set(scores) == {"gbdt_aggregates", "gbdt_history"}
     assert all(len(scores[m][t]) == int((population.part == "test").sum()) for m in scores for t in SMOKE_TASKS)
+
+
+def test_bagged_lightgbm_row_is_the_mean_of_its_seeds_fits(sqlite_store, dataset, spec):
+    """One LightGBM fit is a draw of its row and column subsampling; gbdt_seeds averages several."""
+    population = load_population(sqlite_store, dataset, splits=("train", "val", "test"))
+    labels = task_labels(population, SMOKE_TASKS[:1])
+    parts = population_parts(population)
+    _, history = baseline_tables(spec, population)
+    one = score_baselines(spec, TextEmbeddingCache(), population, labels, text=False)
+    bagged = score_baselines(spec, TextEmbeddingCache(), population, labels, text=False, gbdt_seeds=2)
+    task, y = next(iter(labels.items()))
+    fits = [gbdt_probe(history, y, parts, seed).test_scores for seed in (0, 1)]
+    np.testing.assert_allclose(one["gbdt_history"][task], fits[0])
+    np.testing.assert_allclose(bagged["gbdt_history"][task], (fits[0] + fits[1]) / 2)
+    assert not np.allclose(fits[0], fits[1]), "two seeds subsample differently"
 
 
 def test_mean_over_tasks_resamples_users_jointly():

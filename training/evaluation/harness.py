@@ -41,7 +41,7 @@ from training.evaluation.baselines import AggregateFeaturizer, HistoryFeaturizer
 from training.evaluation.geometry import embedding_geometry
 from training.evaluation.metrics import METRICS, bootstrap_difference, bootstrap_mean, roc_auc
 from training.evaluation.population import EvaluationPopulation
-from training.evaluation.probe import Parts, gbdt_probe, logistic_probe
+from training.evaluation.probe import Parts, gbdt_seed_scores, logistic_probe
 from training.scenario_tuning import TuningSettings, tune
 
 METHODS = ("oracle", "gbdt_aggregates", "gbdt_history", "minilm_text", "qanchor_prefix", "static_query", "qanchor_query",
@@ -59,6 +59,9 @@ class EvaluationSettings(BaseModel):
     baselines: bool = True
     #: The MiniLM row among the baselines (costly on CPU for large populations).
     text_baseline: bool = True
+    #: LightGBM fits averaged per baseline row (`gbdt_seed_scores`): 1 is one fit, as every table
+    #: of docs/benchmarks.md up to its sixteenth run; 5 is the stabler, stronger bagged row.
+    gbdt_seeds: int = Field(default=1, ge=1)
     paraphrases: bool = True
     #: The `qanchor_prefix` row: a probe over every summary token (about 100 s for 5,000 users on 2 cores).
     prefix_probe: bool = True
@@ -192,13 +195,14 @@ def baseline_tables(spec: ModalitySpec, population: EvaluationPopulation) -> tup
 
 def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: EvaluationPopulation,
                     labels: dict[str, np.ndarray], seed: int = 0,
-                    text: bool = True) -> dict[str, dict[str, np.ndarray]]:
+                    text: bool = True, gbdt_seeds: int = 1) -> dict[str, dict[str, np.ndarray]]:
     """Test scores of the backbone-independent baselines, per method and task.
 
     Computed once per population (they need LightGBM and the MiniLM weights, which a GPU node
     may lack) and passed to `evaluate(baseline_scores=...)` wherever the backbones are scored.
     `text=False` skips the MiniLM row: it encodes six 256-token sections per user, about an hour
     for 5,000 users on two CPU cores.
+    `gbdt_seeds` > 1 averages that many LightGBM fits per row (`gbdt_seed_scores`).
     """
     parts = population_parts(population)
     users = population.users
@@ -206,9 +210,9 @@ def score_baselines(spec: ModalitySpec, cache: TextEmbeddingCache, population: E
     serialised = text_embeddings(users, spec, cache) if text else None
     out: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     for task, y in labels.items():
-        out["gbdt_aggregates"][task] = gbdt_probe(table, y, parts, seed).test_scores
+        out["gbdt_aggregates"][task] = np.mean(gbdt_seed_scores(table, y, parts, gbdt_seeds, seed), axis=0)
         if history is not None:
-            out["gbdt_history"][task] = gbdt_probe(history, y, parts, seed).test_scores
+            out["gbdt_history"][task] = np.mean(gbdt_seed_scores(history, y, parts, gbdt_seeds, seed), axis=0)
         if serialised is not None:
             out["minilm_text"][task] = logistic_probe(serialised, y, parts, seed).test_scores
     return dict(out)
@@ -253,7 +257,7 @@ def evaluate(model: QAnchor, population: EvaluationPopulation, settings: Evaluat
     if settings.baselines and baseline_scores is None:
         start = time.perf_counter()
         for method, by_task in score_baselines(model.spec, model.cache, population, labels, settings.seed,
-                                               text=settings.text_baseline).items():
+                                               text=settings.text_baseline, gbdt_seeds=settings.gbdt_seeds).items():
             scores[method].update(by_task)
         seconds["baselines"] = time.perf_counter() - start
         bar.update()

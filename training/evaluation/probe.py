@@ -65,3 +65,13 @@ def gbdt_probe(x: pd.DataFrame, y: np.ndarray, parts: Parts, seed: int = 0) -> P
             best = (auc, f"leaves={leaves},trees={model.best_iteration_}", model)
     auc, chosen, model = best
     return ProbeFit(model.predict_proba(x.iloc[parts.test])[:, 1], auc, chosen)
+
+
+def gbdt_seed_scores(x: pd.DataFrame, y: np.ndarray, parts: Parts, seeds: int, seed: int = 0) -> list[np.ndarray]:
+    """`gbdt_probe`'s test scores with `seeds` LightGBM seeds (seed, seed + 1, ...).
+
+    Row and column subsampling make one fit a draw: on a task with 40-120 test positives two
+    seeds' AUCs differ by up to 0.08 (docs/benchmarks.md, sixteenth run), more than the methods
+    compared. Their mean is the bagged baseline (`EvaluationSettings.gbdt_seeds`); their spread
+    is what bench/baseline_spread.py reports."""
+    return [gbdt_probe(x, y, parts, seed + i).test_scores for i in range(seeds)]
