@@ -475,7 +475,8 @@ def compare_saved(full_folders: list[Path], groups: list[list[Path]], resamples:
     With several `full_folders` (seed replicates) each group holds one folder of its variant per
     seed, in the same order, and every difference is pooled over the seeds (`pool_seeds`).
     With `versus` (a baseline method the saved scores hold, e.g. gbdt_history), each folder's
-    task query is also paired against that baseline on the same users."""
+    `method` scores (the task query; qanchor_prompt for sweep points) are also paired against
+    that baseline on the same users."""
     seeds = len(full_folders)
 
     def with_method(folder: Path) -> TestScores:
@@ -518,8 +519,8 @@ def tasks_ahead(labels: dict, tasks: list[str], seeds: int, ours: dict, theirs: 
 
 def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str] | None = None,
                     seeds: int = 1, ours_method: str = "qanchor_query") -> list[dict]:
-    """Each saved variant's task query minus `method`, paired on the same test users, with the
-    tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
+    """Each saved variant's `ours_method` scores (the task query) minus `method`, paired on the same
+    test users, with the tasks it is ahead on: the issue targets' "above the best baseline on N of M tasks"."""
     out = []
     for variant, scores in results.items():
         if method not in scores.test_scores:
@@ -535,8 +536,8 @@ def versus_baseline(results: dict, method: str, resamples: int, tasks: list[str]
 
 def versus_full(results: dict, resamples: int, tasks: list[str] | None = None, seeds: int = 1,
                 method: str = "qanchor_query") -> list[dict]:
-    """Each variant's task-query AUC / KS minus the full variant's, paired on the same test users,
-    with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
+    """Each variant's AUC / KS under `method` (the task query) minus the full variant's, paired on
+    the same test users, with the tasks whose own paired AUC interval lies wholly below (`worse`) or above (`better`)
     zero: a mean can hide one task a change breaks. With `seeds` > 1 the scores are `pool_seeds`'
     and every figure is over the seeds too."""
     full = results["full"]
