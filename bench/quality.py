@@ -27,6 +27,8 @@ comparable within one run:
   readout              full with the <USER_EMB> state attending over the summary tokens (summary_readout)
   meaning              full with each query's frozen sentence embedding added to its <USER_EMB> input
                        through a small MLP (query_meaning), so unseen wording lands where its meaning does
+  profile_values       full with each numeric profile field's value (age, income, credit limit, ...) read
+                       beside its digit-masked text (model.profile_values)
   wide                 full with 512-dimensional embeddings instead of 128 (embed_dim 512)
   ntp_embedding        full with the NTP answer decoded from the embedding alone (loss.ntp_input embedding)
   numbers              full plus a head reading the answer's numbers back from the embedding (loss.number_weight 1)
@@ -134,14 +136,14 @@ from training.pretrain import (  # noqa: E402
 VARIANTS = ("full", "legacy", "no_history", "history_slots", "kinds", "buckets", "grouped", "by_question",
             "uniform", "readout", "meaning", "wide", "ntp_embedding", "numbers", "late_backbone", "high_lr", "slow_encoders",
             "no_contrastive", "no_ntp", "no_summary_tokens", "no_pretraining", "data_10", "data_25", "data_50",
-            "tiny_4x256", "tiny_8x512", "batch_256")
+            "tiny_4x256", "tiny_8x512", "batch_256", "profile_values")
 #: Known parts the default run leaves out: smollm2 is slow on a CPU, and no_buckets differs from
 #: full only where the base config has buckets (the GPU config).
 ON_REQUEST = ("smollm2", "no_buckets")
 #: Parts that change the model's layout, not its training: the only ones `no_pretraining` takes
 #: (with any `tiny_<layers>x<width>`).
 MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "no_buckets", "readout", "meaning", "wide",
-               "no_summary_tokens"}
+               "no_summary_tokens", "profile_values"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
 #: `history_q_8`, `lr_3e-4`, `temp_0.1`).
@@ -197,6 +199,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["model"]["summary_readout"] = True
         elif part == "meaning":
             cfg["model"]["query_meaning"] = True
+        elif part == "profile_values":
+            cfg["model"]["profile_values"] = True
         elif part == "wide":
             cfg["model"]["embed_dim"] = 512
         elif part == "ntp_embedding":

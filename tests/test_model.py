@@ -237,6 +237,23 @@ def test_history_tokens_carry_events_that_fell_off_the_event_sequence(tiny, user
     assert np.abs(a - b).max() == 0.0, "with history tokens off, the history must not reach the model"
 
 
+def test_profile_values_let_the_model_read_an_age(tiny, spec, users, tmp_path):
+    """Digits are masked before the text encoder, so "age: 37" and "age: 62" are one text: without
+    `profile_values` two users who differ only in age get one vector; with it they do not, and
+    the setting round-trips."""
+    user = users[0]
+    older = replace(user, profile={**user.profile, "age": 62 if user.profile["age"] != 62 else 37})
+    a, b = tiny.embed([user, older], ["will this user buy health insurance?"], reference_time=REF)
+    assert np.abs(a - b).max() == 0.0, "the default model reads no profile number"
+    reading = QAnchor.build(spec, ModelSettings(profile_values=True), seed=0)
+    a, b = reading.embed([user, older], ["will this user buy health insurance?"], reference_time=REF)
+    assert np.abs(a - b).max() > 1e-4
+    loaded = QAnchor.from_pretrained(reading.save_pretrained(tmp_path / "model"))
+    assert loaded.settings.profile_values
+    assert (loaded.embed([user, older], ["will this user buy health insurance?"], reference_time=REF)
+            == np.stack([a, b])).all()
+
+
 def test_embeddings_are_normalised_and_query_specific(tiny, users):
     vectors = tiny.embed(users, ["repay late?", "book a trip?"], reference_time=REF)
     assert vectors.shape == (3, 2, 128)

@@ -34,6 +34,17 @@ def profile_texts(modality: ProfileModality, profile: dict) -> list[str]:
             for f in modality.fields]
 
 
+def profile_values(modality: ProfileModality, profile: dict) -> np.ndarray:
+    """[fields, 1]: each int / float field's signed-log value (0 for a category or a missing value).
+
+    The text encoder masks digits ("age: 37" reads "age: #"), so without this column the model
+    never sees an age, an income or a credit limit; `ModelSettings.profile_values` decides
+    whether the model reads it (collation always provides it)."""
+    return np.array([[_signed_log(np.float64(profile[f.name]))
+                      if f.type != "category" and profile.get(f.name) is not None else 0.0]
+                     for f in modality.fields], dtype=np.float64)
+
+
 @dataclass
 class ModalityBatch:
     ids: torch.Tensor       # [B, N] long, rows of the text-embedding table (0 = padding)
@@ -59,9 +70,11 @@ def kind_hash(kind: str) -> int:
     return zlib.crc32(kind.encode("utf-8"))
 
 
-def numeric_width(spec: ModalitySpec, modality: str) -> int:
+def numeric_width(spec: ModalitySpec, modality: str, profile_values: bool = False) -> int:
+    """Numeric inputs per event of `modality` the model reads: an event modality's numeric fields;
+    the profile's value column (`profile_values`) when the model reads it."""
     m = spec.modality(modality)
-    return len(m.numeric_fields) if isinstance(m, EventModality) else 0
+    return len(m.numeric_fields) if isinstance(m, EventModality) else int(profile_values)
 
 
 def history_key(modality: str) -> str:
@@ -133,7 +146,7 @@ def collate_users(users: list[UserFeatures], reference_times: list[int], spec: M
                 texts, nums, times = _event_rows(user.modalities[modality.name], modality, ref)
             else:
                 texts = profile_texts(modality, user.profile)
-                nums, times = np.zeros((len(texts), 0)), np.zeros((len(texts), TIME_FEATURES))
+                nums, times = profile_values(modality, user.profile), np.zeros((len(texts), TIME_FEATURES))
             ids.append(cache.ids(texts) if texts else [])
             numeric.append(nums)
             time.append(times)

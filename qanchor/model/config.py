@@ -123,6 +123,12 @@ class ModelSettings(_Config):
     #: advance" next to the pretraining question about cash advances. Per query, not per user:
     #: the prefix and its cache are unchanged.
     query_meaning: bool = False
+    #: Each numeric profile field's value (signed log) enters its profile token beside the
+    #: field's text. Why: event texts are digit-masked before the sentence encoder, so "age: 37"
+    #: reads "age: #" and, without this, no age, income, credit limit or city tier reaches the
+    #: model at all, while every LightGBM baseline reads them. Off by default so that models
+    #: saved before it load and embed exactly as they did.
+    profile_values: bool = False
     loss: LossSettings = LossSettings()
 
     @model_validator(mode="after")

@@ -144,16 +144,19 @@ class HierarchicalUserEncoder(nn.Module):
 
     def __init__(self, spec: ModalitySpec, hidden: int, event_hidden: int, history: bool = True,
                  history_slots: int = 0, kind_tokens: int = 0, buckets: int = 0,
-                 text_dim: int = TextEmbeddingCache.dim):
+                 text_dim: int = TextEmbeddingCache.dim, profile_values: bool = False):
         super().__init__()
         self.names = spec.names
+        #: Numeric columns each modality's event MLP reads (a batch may carry more: the profile's
+        #: value column, which a model without `profile_values` leaves unread).
+        self.numeric_widths = {name: numeric_width(spec, name, profile_values) for name in self.names}
         self.history_names = tuple(m.name for m in spec.history_modalities) if history else ()
         #: History tokens per history modality in the prefix.
         self.history_width = max(1, history_slots) if self.history_names else 0
         #: Kind tokens per history modality (candidates; a user's missing kinds are dropped).
         self.kind_width = kind_tokens if self.history_names else 0
         self.event_mlps = nn.ModuleDict({
-            name: _mlp(text_dim + numeric_width(spec, name) + TIME_FEATURES, event_hidden, hidden) for name in self.names
+            name: _mlp(text_dim + self.numeric_widths[name] + TIME_FEATURES, event_hidden, hidden) for name in self.names
         })
         self.history_mlps = nn.ModuleDict({
             name: _mlp(text_dim + history_width(spec, spec.modality(name)), event_hidden, hidden)
@@ -217,7 +220,7 @@ class HierarchicalUserEncoder(nn.Module):
         events, summaries, present = [], [], []
         for name in self.names:
             mb = batch[name]
-            x = torch.cat([text_table[mb.ids], mb.numeric, mb.time], dim=-1)
+            x = torch.cat([text_table[mb.ids], mb.numeric[..., :self.numeric_widths[name]], mb.time], dim=-1)
             tokens = self.event_mlps[name](x) * mb.mask.unsqueeze(-1)
             count = mb.mask.sum(1, keepdim=True)
             summaries.append(self.modal_adapter(tokens.sum(1) / count.clamp(min=1)))
@@ -355,7 +358,7 @@ class QAnchorModel(nn.Module):
         hidden = backbone.hidden_size
         self.user_encoder = HierarchicalUserEncoder(spec, hidden, settings.event_hidden, settings.history_tokens,
                                                     settings.history_slots, settings.history_kind_tokens,
-                                                    settings.history_buckets)
+                                                    settings.history_buckets, profile_values=settings.profile_values)
         if self.user_encoder.history_names:
             #: Added to a history token on top of its modality's type embedding: "this modality, whole window".
             self.history_type = nn.Parameter(torch.zeros(hidden))
