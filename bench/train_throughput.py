@@ -37,7 +37,7 @@ from _report import emit  # noqa: E402
 from qanchor.losses import contrastive_loss  # noqa: E402
 from qanchor.modality_spec import load_spec  # noqa: E402
 from qanchor.model.backbone import EMB_TOKEN, QUERY_TOKEN, USER_TOKEN, Backbone, modality_token, paper_shape_config  # noqa: E402
-from qanchor.model.batch import TIME_FEATURES, ModalityBatch, numeric_width  # noqa: E402
+from qanchor.model.batch import TIME_FEATURES, ModalityBatch  # noqa: E402
 from qanchor.model.config import ModelSettings  # noqa: E402
 from qanchor.model.modeling import QAnchorModel, round_up  # noqa: E402
 from training.distributed import gather_with_grad, init_distributed  # noqa: E402
@@ -84,7 +84,7 @@ def synthetic_batch(net: QAnchorModel, batch: int, device: torch.device, table_r
         n = EVENTS.get(m.name, m.max_events)
         users[m.name] = ModalityBatch(
             ids=torch.randint(1, table_rows, (batch, n), generator=g),
-            numeric=torch.randn(batch, n, numeric_width(net.spec, m.name), generator=g),
+            numeric=torch.randn(batch, n, net.user_encoder.numeric_widths[m.name], generator=g),
             time=torch.rand(batch, n, TIME_FEATURES, generator=g),
             mask=torch.ones(batch, n, dtype=torch.bool)).to(device)
     vocab = net.backbone.tokenizer.vocab_size - 20
