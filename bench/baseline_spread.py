@@ -91,9 +91,10 @@ def main() -> None:
     bagged = {t: np.mean(scores, axis=0) for t, scores in fits.items()}
     bundled = (bundle.baseline_scores or {}).get(args.baseline)
 
+    spread = {t: [roc_auc(test[t], s) for s in fits[t]] for t in names}  # each seed's test AUC
     rows = []
     for task in names:
-        seeds = [roc_auc(test[task], s) for s in fits[task]]
+        seeds = spread[task]
         row = {"task": task, "test_positives": int(test[task].sum()),
                "bundled_fit": None if bundled is None else roc_auc(test[task], bundled[task]),
                "seed_min": min(seeds), "seed_mean": float(np.mean(seeds)), "seed_max": max(seeds),
@@ -106,7 +107,6 @@ def main() -> None:
     summary = []
     for name, (method, scores) in variants.items():
         aucs = {t: roc_auc(test[t], scores[t]) for t in reliable}
-        spread = {t: [roc_auc(test[t], s) for s in fits[t]] for t in reliable}
         versus_bagged = paired_difference(test, reliable, scores, bagged, args.resamples)
         entry = {"variant": name, "method": method, "tasks": len(reliable),
                  "ahead_of_seed_mean": int(sum(aucs[t] > np.mean(spread[t]) for t in reliable)),
