@@ -171,6 +171,27 @@ def test_future_kind_questions_ask_one_kind_each_and_answer_from_the_future_wind
     assert len(overdue) and (overdue["answer"].str.startswith("Yes") == overdue["user_id"].isin(late)).all()
 
 
+def test_a_summary_by_frequency_stops_naming_every_label_and_changes_nothing_else(tmp_path):
+    """With the markers named, the generic question's answer lists each downstream label, so it is
+    trained on every task at once; ranked by frequency (as a corpus from logs alone is written)
+    a marker is named only where it is among the user's most frequent future behaviours."""
+    named = generate(GeneratorConfig(users=200, seed=3, chunk_users=100), tmp_path / "named", progress=False)
+    ranked = generate(GeneratorConfig(users=200, seed=3, chunk_users=100, summary_names_markers=False),
+                      tmp_path / "ranked", progress=False)
+    for name in ("events", "future_events", "labels", "d_uqa", "splits"):
+        pd.testing.assert_frame_equal(read_table(tmp_path / "named", name), read_table(tmp_path / "ranked", name))
+    assert ranked["rows"]["d_future"] == named["rows"]["d_future"]
+    assert ranked["config"]["summary_names_markers"] is False
+
+    labels = read_table(tmp_path / "ranked", "labels").set_index("user_id")
+    overdue = labels.index[labels["risk_overdue"] == 1]
+    answers = {kind: read_table(tmp_path / kind, "d_future").set_index("user_id")["answer"] for kind in ("named", "ranked")}
+    assert answers["named"].loc[overdue].str.contains("late fee").all()
+    assert answers["ranked"].loc[overdue].str.contains("late fee").mean() < 0.5
+    assert not answers["ranked"].str.contains("notably|task:").any()
+    assert answers["ranked"].str.count(";").ge(2).mean() > 0.8
+
+
 def test_future_questions_per_user_is_bounded():
     with pytest.raises(ValueError, match="future_questions_per_user"):
         GeneratorConfig(users=10, future_questions_per_user=17)

@@ -26,12 +26,16 @@ from qanchor.synthetic.tasks import TASKS
 @click.option("--future-questions", type=click.IntRange(0, 16), default=0, show_default=True,
               help="Yes/no D_future questions per user, each about one kind of the future window "
                    "('Will this user pay for refills in the next 30 days?'), beside the summary.")
+@click.option("--summary-names-markers/--summary-by-frequency", default=True, show_default=True,
+              help="Whether the generic D_future answer names every task marker and scheduled payment of the "
+                   "user's future (the downstream labels), or only the behaviours that rank there by frequency, "
+                   "as a corpus written before its scenarios were known would.")
 @click.option("--drift", "drifts", multiple=True, metavar="KIND:ARG@DATE",
               help="Inject a drift into the observed window from DATE (repeatable): spend:1.3@2026-09-20, "
                    "new-app:FlashLoan@2026-09-20, silent:search@2026-09-20, trait:travel+1.5@2026-09-20.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds data.")
 def generate(users: int, seed: int, out: Path, as_of: datetime, chunk_users: int, uqa_per_user: int,
-             future_questions: int, drifts: tuple[str, ...], overwrite: bool) -> None:
+             future_questions: int, summary_names_markers: bool, drifts: tuple[str, ...], overwrite: bool) -> None:
     """Generate a synthetic UserU dataset: events, profiles, D_future, D_uqa and task labels."""
     try:
         parsed = tuple(parse_drift(d) for d in drifts)
@@ -39,7 +43,8 @@ def generate(users: int, seed: int, out: Path, as_of: datetime, chunk_users: int
         raise click.BadParameter(str(err), param_hint="--drift") from None
     config = GeneratorConfig(users=users, seed=seed, as_of=as_of.replace(tzinfo=timezone.utc),
                              chunk_users=chunk_users, uqa_per_user=uqa_per_user,
-                             future_questions_per_user=future_questions, drifts=parsed)
+                             future_questions_per_user=future_questions, summary_names_markers=summary_names_markers,
+                             drifts=parsed)
     try:
         manifest = generate_dataset(config, out, overwrite=overwrite)
     except FileExistsError as err:

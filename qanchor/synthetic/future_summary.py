@@ -6,6 +6,9 @@ marginal-relevance style trade-off), so a heavy food-delivery user's summary sti
 their travel searches. Task marker events (late fee, fund purchase, ...) and scheduled payments (a refill, a quarterly
 plan) are always kept: they are the rare, decision-relevant actions the pretraining objective
 should learn to foresee, and a scheduled payment is foreseeable only from WHEN the last one was.
+That also makes the one generic question's answer name every downstream label, which no corpus
+written before its scenarios were known can do (`qanchor data corpus` answers with the user's
+most frequent kinds only); `name_notable=False` ranks them with every other behaviour instead.
 
 `future_kind_questions` asks the same future one kind at a time ("Will this user pay for
 refills in the next 30 days?" -> "Yes: ..." / "No, ..."), so the query decides which part of the
@@ -45,7 +48,9 @@ _ACTIONS = {
 }
 
 
-def _phrase(modality: str, category: str, n: int, total: float) -> str:
+def _phrase(modality: str, category: str, n: int, total: float, text: str = "") -> str:
+    if category.startswith("task:"):  # a task marker has no category of its own to name
+        return text if n == 1 else f"{text} ({n} times)"
     template, unit = _PHRASES[modality]
     plural = unit if n == 1 else (unit + "es" if unit.endswith("h") else unit + "s")
     return template.format(cat=display(category), n=n, unit=plural, total=total)
@@ -71,15 +76,20 @@ def _select(groups: pd.DataFrame) -> list[pd.Series]:
 
 
 def summarise_future(user_ids: pd.Series, future_events: pd.DataFrame, query_time: pd.Timestamp,
-                     scheduled: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One D_future row per user: (user_id, query_time, query, answer); events of a `scheduled`
-    category are named one by one, like task markers."""
+                     scheduled: tuple[str, ...] = (), name_notable: bool = True) -> pd.DataFrame:
+    """One D_future row per user: (user_id, query_time, query, answer).
+
+    With `name_notable`, every task marker and every event of a `scheduled` category is named one
+    by one after the selected behaviours; without it they compete for the summary's places by
+    frequency like any other (modality, kind), as in a corpus written from logs alone."""
     notable_rows = future_events["category"].str.startswith("task:") | future_events["category"].isin(scheduled)
+    if not name_notable:
+        notable_rows = pd.Series(False, index=future_events.index)
     markers = future_events[notable_rows]
     regular = future_events[~notable_rows]
     groups = (
         regular.groupby(["user_id", "modality", "category"])
-        .agg(n=("text", "size"), total=("amount", "sum"))
+        .agg(n=("text", "size"), total=("amount", "sum"), text=("text", "first"))
         .reset_index()
     )
     by_user = dict(tuple(groups.groupby("user_id")))
@@ -87,7 +97,7 @@ def summarise_future(user_ids: pd.Series, future_events: pd.DataFrame, query_tim
     answers = []
     for user_id in user_ids:
         phrases = [
-            _phrase(g.modality, g.category, g.n, g.total)
+            _phrase(g.modality, g.category, g.n, g.total, g.text)
             for g in (_select(by_user[user_id]) if user_id in by_user else [])
         ]
         phrases += [f"notably, {text}" for text in notable.get(user_id, [])]

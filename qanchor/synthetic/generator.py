@@ -68,6 +68,10 @@ class GeneratorConfig:
     uqa_per_user: int = 3
     #: Yes/no D_future questions about one future kind each (`future_kind_questions`), per user.
     future_questions_per_user: int = 0
+    #: The generic D_future answer names every task marker and scheduled payment of the user's
+    #: future (True), or only the behaviours that win its places by frequency (False), as a corpus
+    #: written before the scenarios were known would (`summarise_future`'s `name_notable`).
+    summary_names_markers: bool = True
     #: Injected drifts of the observed window (`qanchor.synthetic.drift`); none by default.
     drifts: tuple[Drift, ...] = ()
 
@@ -133,7 +137,8 @@ def generate_chunk(config: GeneratorConfig, chunk_index: int, first_user: int, n
 
     labels = label_from_future(user_ids, future)
     labels.insert(1, "label_time", as_of)
-    d_future = summarise_future(pd.Series(user_ids), future, as_of, scheduled=HABIT_CATEGORIES)
+    d_future = summarise_future(pd.Series(user_ids), future, as_of, scheduled=HABIT_CATEGORIES,
+                                name_notable=config.summary_names_markers)
     if config.future_questions_per_user:
         kind_questions = future_kind_questions(np.random.default_rng([config.seed, chunk_index, 4]),
                                                pd.Series(user_ids), future, as_of,
