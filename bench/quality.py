@@ -48,6 +48,8 @@ comparable within one run:
                        batch_64, the GPU config's size before the second scale run
   lr_3e-4, temp_0.1    full with every group's learning rate, or the contrastive temperature, set
                        (any lr_<rate>, temp_<temperature>): the issue's sweeps without a variant each
+  backbone_lr_2e-5     full with only the backbone's (or its LoRA adapters') learning rate set, the
+                       encoders and projection keeping the config's (any backbone_lr_<rate>)
   smollm2              the smollm2-135m backbone (with --smollm2; slow on CPU)
 
 Variants combine with `+`: `by_question+uniform` applies both changes to the base config;
@@ -146,9 +148,9 @@ MODEL_PARTS = {"no_history", "history_slots", "kinds", "buckets", "no_buckets", 
                "no_summary_tokens", "profile_values"}
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 #: Parts that carry their value in the name (`data_25`, `tiny_4x256`, `batch_128`, `by_question_32`,
-#: `history_q_8`, `lr_3e-4`, `temp_0.1`).
+#: `history_q_8`, `lr_3e-4`, `backbone_lr_2e-5`, `temp_0.1`).
 VALUE_PART = re.compile(
-    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+(?:_from_\d+)?|future_q_\d+|lr_{_NUMBER}|temp_{_NUMBER})$")
+    rf"^(?:data_\d+|tiny_\d+x\d+|batch_\d+|by_question_\d+|history_q_\d+(?:_from_\d+)?|future_q_\d+|lr_{_NUMBER}|backbone_lr_{_NUMBER}|temp_{_NUMBER})$")
 
 #: Kind tokens per history modality in the `kinds` variant: every kind of nine users in ten on the
 #: 30k-user benchmark population (its bill stream: median 13 kinds, 90th percentile 18).
@@ -235,6 +237,8 @@ def variant_config(base: PretrainConfig, variant: str, dataset: Path, repo: Path
             cfg["data"]["users_per_question"] = int(part.removeprefix("by_question_"))
         elif part.startswith("batch_"):
             cfg["optim"]["batch_size"] = int(part.removeprefix("batch_"))
+        elif part.startswith("backbone_lr_"):
+            cfg["optim"]["backbone_lr"] = float(part.removeprefix("backbone_lr_"))
         elif part.startswith("lr_"):
             rate = float(part.removeprefix("lr_"))
             cfg["optim"].update(lr=rate, backbone_lr=rate)
