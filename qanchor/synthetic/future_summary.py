@@ -49,8 +49,8 @@ _ACTIONS = {
 
 
 def _phrase(modality: str, category: str, n: int, total: float, text: str = "") -> str:
-    if category.startswith("task:"):  # a task marker has no category of its own to name
-        return text if n == 1 else f"{text} ({n} times)"
+    if category.startswith("task:"):  # a task marker (one event per positive user) is named by its text
+        return text
     template, unit = _PHRASES[modality]
     plural = unit if n == 1 else (unit + "es" if unit.endswith("h") else unit + "s")
     return template.format(cat=display(category), n=n, unit=plural, total=total)
@@ -82,9 +82,8 @@ def summarise_future(user_ids: pd.Series, future_events: pd.DataFrame, query_tim
     With `name_notable`, every task marker and every event of a `scheduled` category is named one
     by one after the selected behaviours; without it they compete for the summary's places by
     frequency like any other (modality, kind), as in a corpus written from logs alone."""
-    notable_rows = future_events["category"].str.startswith("task:") | future_events["category"].isin(scheduled)
-    if not name_notable:
-        notable_rows = pd.Series(False, index=future_events.index)
+    notable_rows = ((future_events["category"].str.startswith("task:") | future_events["category"].isin(scheduled))
+                    if name_notable else pd.Series(False, index=future_events.index))
     markers = future_events[notable_rows]
     regular = future_events[~notable_rows]
     groups = (
