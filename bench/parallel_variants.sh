@@ -6,7 +6,8 @@
 #
 # env: BUNDLE (default .devbundle/q30), CONFIG (training/configs/quality_tiny_gpu.yaml), STEPS (1500),
 # LIMIT (seconds per process, 540), THREADS (CPU threads per process, 5), EXTRA (more quality.py
-# flags), PARA (a file of TASK=QUERY lines, each passed as --paraphrase).
+# flags), PARA (a file of TASK=QUERY lines, each passed as --paraphrase; `#` lines are comments: see
+# bench/queries/).
 # WORK (default /tmp/qanchor-variants) keeps each run's trained model, and runs pass --reuse-trained:
 # a call cut during evaluation, repeated on the same warm device machine, only evaluates, and one
 # cut during training resumes from its last checkpoint (EXTRA="--checkpoint-every 250"). A run
@@ -25,7 +26,9 @@ work=${WORK:-/tmp/qanchor-variants}
 mkdir -p "$work"
 para=()
 if [ -n "${PARA:-}" ]; then
-  while IFS= read -r line; do [ -n "$line" ] && para+=(--paraphrase "$line"); done < "$PARA"
+  while IFS= read -r line; do
+    case "$line" in ""|"#"*) ;; *) para+=(--paraphrase "$line") ;; esac
+  done < "$PARA"
 fi
 pids=()
 for spec in "$@"; do
