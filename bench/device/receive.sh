@@ -35,4 +35,9 @@ _receive() {
   fi
   export PYTHONPATH="$dst/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" UPLOAD="$dst/files"
 }
-_receive "${1:?usage: source bench/device/receive.sh NAME}"; _received=$?; unset -f _receive; (exit $_received)
+if _receive "${1:?usage: source bench/device/receive.sh NAME}"; then
+  unset -f _receive
+else
+  unset -f _receive
+  return 1
+fi
