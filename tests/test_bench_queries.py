@@ -19,6 +19,7 @@ def overrides(name: str) -> dict[str, str]:
     lines = [line for line in (QUERIES / name).read_text().splitlines() if line and not line.startswith("#")]
     pairs = [line.split("=", 1) for line in lines]
     assert all(len(pair) == 2 and pair[1] for pair in pairs), f"{name} holds a line that is not TASK=QUERY"
+    assert len({task for task, _ in pairs}) == len(pairs), f"{name} names a task twice (--paraphrase refuses that)"
     return dict(pairs)
 
 
